@@ -1,0 +1,359 @@
+"""Point-prompt training of SAFIRE (stage 2), optionally with the region-to-region contrastive loss
+on the encoder features as an auxiliary term (stage 1 folded in; ``--r2r-weight``).
+
+Runs as one process on CPU, and unchanged under ``torchrun --nproc-per-node N`` (DDP: gloo on CPU,
+nccl on GPU; bf16/fp16 autocast on GPU with ``--amp``). The function API is :func:`fine_tune`; the
+CLIs ``python -m training.train`` and ``safire train`` wrap it.
+
+Checkpoints (our format, written atomically) go to ``OUT/last.pt`` (with optimizer, scheduler,
+step and RNG state: ``--resume`` continues from it) and ``OUT/best.pt`` (best validation mIoU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from safire.build import build_safire, resolve_device
+from safire.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
+from safire.modeling import Safire
+
+from .evaluate import evaluate_partition
+from .losses import r2r_contrastive_loss, safire_loss
+from .prompt_data import PromptSampleConfig, PromptTrainingSet
+
+TRAINABLE_CHOICES = ("all", "adapter+decoder", "decoder")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in checkpoints' provenance)."""
+
+    out_dir: str = "runs/train"
+    variant: str = "tiny"
+    init_checkpoint: Optional[str] = None  # any checkpoint safire loads (official safire.pth too)
+    trainable: str = "all"  # all | adapter+decoder (paper) | decoder (official code)
+    steps: int = 1000
+    batch_size: int = 8
+    num_pairs: int = 3
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    restart_period: int = 0  # cosine warm-restart period T_0 in steps (0: one cosine over the run)
+    restart_mult: int = 2
+    min_lr: float = 1e-6
+    lambda_conf: float = 0.1
+    aass_variant: str = "official"
+    r2r_weight: float = 0.0
+    r2r_tau: float = 0.1
+    point_mask_mode: str = "exact"
+    augment: bool = True
+    seed: int = 2024
+    workers: int = 1
+    amp: bool = False
+    grad_clip: float = 1.0
+    log_every: int = 20
+    val_every: int = 250
+    save_every: int = 250
+    val_limit: int = 48
+    val_grid: int = 16
+    device: str = "auto"
+    model_version: str = ""
+    resume: bool = False
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    last_checkpoint: str
+    best_checkpoint: Optional[str]
+    steps: int
+    seconds: float
+    images_per_second: float
+    history: List[Dict[str, float]] = field(default_factory=list)
+    val_metrics: Dict[str, float] = field(default_factory=dict)
+    best_val: Dict[str, float] = field(default_factory=dict)
+
+
+# -- distributed helpers --------------------------------------------------------------------------
+def dist_init(device: torch.device) -> tuple[int, int]:
+    """Initialise torch.distributed when launched by torchrun; returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def set_trainable(model: Safire, mode: str) -> List[torch.nn.Parameter]:
+    """Freeze per ``mode`` and return the trainable parameters.
+
+    - ``all``: encoder, adapter and decoder (from-scratch training);
+    - ``adapter+decoder``: the paper's stage 2 (ViT backbone, neck, patch/pos embeddings frozen);
+    - ``decoder``: the official code's effective stage 2 (only the mask decoder).
+    The prompt encoder's box and mask parts and the unused multimask tokens are always frozen.
+    """
+    if mode not in TRAINABLE_CHOICES:
+        raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {mode!r}")
+    for name, p in model.named_parameters():
+        if name.startswith("image_encoder."):
+            local = name[len("image_encoder."):]
+            p.requires_grad_(mode == "all" or (mode == "adapter+decoder" and local.startswith(("adaptor", "hfp_"))))
+        elif name.startswith("prompt_encoder."):
+            p.requires_grad_(mode == "all" and name.startswith(("prompt_encoder.point_embeddings.0", "prompt_encoder.point_embeddings.1", "prompt_encoder.not_a_point_embed")))
+        else:
+            p.requires_grad_(True)
+    for i in range(1, model.mask_decoder.num_mask_tokens):
+        for p in model.mask_decoder.output_hypernetworks_mlps[i].parameters():
+            p.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine annealing with warm restarts (T_0 = restart_period, x mult)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = step - cfg.warmup_steps
+    period = cfg.restart_period or max(1, cfg.steps - cfg.warmup_steps)
+    while t >= period:
+        t -= period
+        period *= max(1, cfg.restart_mult)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / period))
+
+
+def _collate(batch: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()}
+
+
+def fine_tune(
+    train_data: Sequence[Any],
+    val_data: Optional[Sequence[Any]] = None,
+    cfg: Optional[TrainConfig] = None,
+    *,
+    model: Optional[Safire] = None,
+    progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train or fine-tune a SAFIRE model.
+
+    Args:
+        train_data / val_data: readers whose items have ``image`` (HxWx3 uint8) and ``labels``
+            (HxW uint8 source index, 255 = ignore) - e.g. ``training.datasets.open_dataset(path)``.
+        cfg: :class:`TrainConfig`. ``cfg.init_checkpoint`` (or ``model``) is the starting point;
+            otherwise ``cfg.variant`` with random weights.
+        progress: called on rank 0 after each logged step and validation with a dict
+            (step, steps, loss, ..., val metrics) - the retraining job reports it over HTTP.
+    Returns:
+        :class:`TrainResult` (paths of last/best checkpoints, throughput, history, metrics).
+    """
+    cfg = cfg or TrainConfig()
+    device = resolve_device(cfg.device)
+    rank, world = dist_init(device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    is_main = rank == 0
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    out = Path(cfg.out_dir)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    resume_path = out / "last.pt"
+    resume_state = None
+    if cfg.resume and resume_path.is_file():
+        ck = read_checkpoint(resume_path)
+        model = build_safire(checkpoint=ck, device="cpu")
+        resume_state = torch.load(resume_path, map_location="cpu", weights_only=True).get("train_state")
+        log(f"resuming from {resume_path} at step {resume_state['step'] if resume_state else 0}")
+    elif model is None:
+        model = build_safire(cfg.variant if not cfg.init_checkpoint else None, cfg.init_checkpoint, "cpu")
+    model = model.to(device)
+    variant = model.meta.get("variant", cfg.variant)
+    params = set_trainable(model, cfg.trainable)
+    model.train()
+
+    mc = model.config
+    sample_cfg = PromptSampleConfig(
+        img_size=mc.img_size, mask_size=model.mask_size, embed_size=model.embedding_size,
+        num_pairs=cfg.num_pairs, point_mask_mode=cfg.point_mask_mode, augment=cfg.augment, seed=cfg.seed,
+    )
+    train_set = PromptTrainingSet(train_data, sample_cfg)
+    if len(train_set) == 0:
+        raise ValueError("the training set is empty")
+    if world > 1:
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    else:
+        sampler = RandomSampler(train_set, replacement=False, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        collate_fn=_collate, drop_last=len(train_set) // world >= cfg.batch_size,
+                        persistent_workers=False)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    step, epoch = 0, 0
+    best_val: Dict[str, float] = {}
+    history: List[Dict[str, float]] = []
+    if resume_state:
+        opt.load_state_dict(resume_state["optimizer"])
+        step, epoch = int(resume_state["step"]), int(resume_state["epoch"])
+        best_val = dict(resume_state.get("best_val") or {})
+        history = list(resume_state.get("history") or [])
+
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    version = cfg.model_version or f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    provenance = {"train_config": dataclasses.asdict(cfg), "world_size": world,
+                  "init": cfg.init_checkpoint or model.meta.get("model_version")}
+
+    def save(path: Path, metrics: Dict[str, float]) -> None:
+        state = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "best_val": best_val,
+                 "history": history[-200:]}
+        save_checkpoint(model, path, variant=variant, config=mc, model_version=version,
+                        provenance={**provenance, "step": step}, metrics=metrics,
+                        extra={"train_state": state} if path.name == "last.pt" else None)
+
+    t_start = time.perf_counter()
+    seen = 0
+    window_loss: List[Dict[str, float]] = []
+    last_val: Dict[str, float] = {}
+    while step < cfg.steps:
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        if isinstance(sampler, RandomSampler):
+            sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        for batch in loader:
+            if step >= cfg.steps:
+                break
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            images = batch["image"].to(device, non_blocking=True)
+            points = batch["points"].to(device)
+            targets = batch["targets"].to(device).long()
+            labels = torch.ones(points.shape[:2], device=device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits, scores, emb = net(images, points, labels)
+            loss, parts = safire_loss(logits.float(), scores.float(), targets, lambda_conf=cfg.lambda_conf,
+                                      variant=cfg.aass_variant)
+            if cfg.r2r_weight > 0:
+                l_r2r = r2r_contrastive_loss(emb.float(), batch["sources"].to(device), tau=cfg.r2r_tau, generator=gen)
+                loss = loss + cfg.r2r_weight * l_r2r
+                parts["r2r"] = l_r2r.detach()
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            seen += images.shape[0] * world
+            window_loss.append({k: float(v) for k, v in parts.items()})
+            if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                elapsed = time.perf_counter() - t_start
+                avg = {k: float(np.mean([w[k] for w in window_loss])) for k in window_loss[0]}
+                window_loss.clear()
+                rec = {"step": step, "lr": lr, "images_per_s": seen / elapsed, **avg}
+                history.append(rec)
+                log(f"step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
+                if progress:
+                    progress({"steps": cfg.steps, **rec})
+            do_val = val_data is not None and len(val_data) > 0 and (step % cfg.val_every == 0 or step == cfg.steps)
+            if do_val and is_main:
+                model.eval()
+                last_val = evaluate_partition(model, val_data, limit=cfg.val_limit, grid_size=cfg.val_grid).summary
+                model.train()
+                log(f"val @ {step}: " + " ".join(f"{k}={v:.4f}" for k, v in last_val.items()))
+                history.append({"step": step, **{f"val_{k}": v for k, v in last_val.items()}})
+                if progress:
+                    progress({"step": step, "steps": cfg.steps, **{f"val_{k}": v for k, v in last_val.items()}})
+                key = "miou_auto" if "miou_auto" in last_val else next(iter(last_val), None)
+                if key and (not best_val or last_val[key] >= best_val.get(key, -1)):
+                    best_val = dict(last_val)
+                    save(out / "best.pt", last_val)
+            if is_main and (step % cfg.save_every == 0 or step == cfg.steps):
+                save(out / "last.pt", last_val)
+            if world > 1 and do_val:
+                dist.barrier()
+        epoch += 1
+    elapsed = time.perf_counter() - t_start
+    if world > 1:
+        dist.barrier()
+    result = TrainResult(
+        out_dir=str(out), last_checkpoint=str(out / "last.pt"),
+        best_checkpoint=str(out / "best.pt") if (out / "best.pt").exists() else None,
+        steps=step, seconds=elapsed, images_per_second=seen / max(elapsed, 1e-9),
+        history=history, val_metrics=last_val, best_val=best_val,
+    )
+    if is_main:
+        (out / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2, default=float))
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="safire train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, nargs="+", help="training dataset(s) (folder, list file or JSON list)")
+    p.add_argument("--val", nargs="*", default=None, help="validation dataset(s)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("resume",):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        d = getattr(defaults, f.name)
+        if isinstance(d, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d)
+        else:
+            typ = type(d) if d is not None else str
+            p.add_argument(flag, type=typ, default=d)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("SAFIRE_THREADS", "0")))
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .datasets import ConcatReader, open_dataset
+
+    args = build_parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    train = ConcatReader([open_dataset(d) for d in args.data])
+    val = ConcatReader([open_dataset(d) for d in args.val]) if args.val else None
+    res = fine_tune(train, val, cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"last": res.last_checkpoint, "best": res.best_checkpoint, "steps": res.steps,
+                          "images_per_second": round(res.images_per_second, 3), "val": res.val_metrics}))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
