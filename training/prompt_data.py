@@ -101,3 +101,22 @@ class PromptTrainingSet(Dataset):
             "targets": torch.from_numpy(np.ascontiguousarray(targets)),
             "sources": torch.from_numpy(sources),
         }
+
+
+class ConcatReader:
+    """Several readers seen as one sequence (items keep their own types)."""
+
+    def __init__(self, readers: Sequence[Any]) -> None:
+        self.readers = list(readers)
+        self._offsets = np.cumsum([0] + [len(r) for r in self.readers])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, index: int) -> Any:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        r = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return self.readers[r][index - int(self._offsets[r])]

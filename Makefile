@@ -1,0 +1,36 @@
+# Two commands do all the set-up (see README):
+#   make serve   create .venv if needed, then run the Label Studio ML backend on the embedded model
+#   make test    create .venv if needed, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: env serve test test-fast bench clean-env
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet "pip>=23"
+	$(PY) -m pip install --quiet -r requirements.txt
+	@if [ -f requirements-test.txt ]; then $(PY) -m pip install --quiet -r requirements-test.txt; fi
+	$(PY) -m pip install --quiet --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+serve: env
+	$(VENV)/bin/safire serve
+
+test: env
+	$(PY) -m pytest -q tests
+
+test-fast: env
+	$(PY) -m pytest -q tests -m "not slow and not e2e"
+
+bench: env
+	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_rle.py
+
+clean-env:
+	rm -rf $(VENV)

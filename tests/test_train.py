@@ -1,0 +1,127 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from safire.build import build_safire
+from training.train import TrainConfig, fine_tune, lr_at, set_trainable
+
+from conftest import toy_forgery
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path / "run"), variant="micro", steps=40, batch_size=4, lr=2e-3, warmup_steps=2,
+                workers=0, log_every=5, val_every=1000, save_every=1000, device="cpu", seed=0, augment=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_a_few_steps_reduce_the_loss(tmp_path):
+    data = [toy_forgery(i, 64, 2) for i in range(16)]
+    res = fine_tune(data, None, _cfg(tmp_path, steps=120, log_every=10, r2r_weight=0.1))
+    hist = [h for h in res.history if "aass" in h]
+    assert len(hist) == 12
+    # The contrastive term separates the sources first, then the segmentation loss leaves ln 2.
+    assert hist[-1]["r2r"] < 0.5 * hist[0]["r2r"]
+    assert hist[-1]["aass"] < hist[0]["aass"] - 0.02
+    assert Path(res.last_checkpoint).is_file()
+    m = build_safire(checkpoint=res.last_checkpoint)
+    assert m.meta["variant"] == "micro" and m.meta["provenance"]["step"] == 120
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    data = [toy_forgery(i, 64, 2) for i in range(4)]
+    fine_tune(data, None, _cfg(tmp_path, steps=6))
+    res = fine_tune(data, None, _cfg(tmp_path, steps=10, resume=True))
+    assert res.steps == 10
+    assert [h["step"] for h in res.history if "total" in h][-1] == 10
+
+
+def test_validation_writes_best_checkpoint_and_metrics(tmp_path):
+    data = [toy_forgery(i, 64, 1 + i % 3) for i in range(6)]
+    res = fine_tune(data, data, _cfg(tmp_path, steps=4, val_every=4, val_limit=6, val_grid=4))
+    assert res.best_checkpoint and Path(res.best_checkpoint).is_file()
+    for key in ("miou_auto", "ari_auto", "miou_k", "f1_best", "image_auc", "auth_split_rate"):
+        assert key in res.val_metrics
+    summary = json.loads((Path(res.out_dir) / "result.json").read_text())
+    assert summary["steps"] == 4
+
+
+def test_fine_tune_from_a_checkpoint_and_trainable_modes(tmp_path):
+    data = [toy_forgery(i, 64, 2) for i in range(4)]
+    first = fine_tune(data, None, _cfg(tmp_path, steps=2))
+    m = build_safire(checkpoint=first.last_checkpoint)
+    enc_before = m.image_encoder.blocks[0].attn.qkv.weight.clone()
+    ad_before = m.image_encoder.adaptor_blocks[0][0].weight.clone()
+    res = fine_tune(data, None, _cfg(tmp_path, steps=3, out_dir=str(tmp_path / "ft"), trainable="adapter+decoder",
+                                     init_checkpoint=first.last_checkpoint))
+    m2 = build_safire(checkpoint=res.last_checkpoint)
+    assert torch.equal(m2.image_encoder.blocks[0].attn.qkv.weight, enc_before)
+    assert not torch.equal(m2.image_encoder.adaptor_blocks[0][0].weight, ad_before)
+    dec = set_trainable(build_safire("micro"), "decoder")
+    assert all(p.requires_grad for p in dec) and len(dec) > 0
+
+
+def test_lr_schedule_warmup_and_restarts():
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, restart_period=20, restart_mult=2, steps=100)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(20, cfg) == pytest.approx(0.5)
+    assert lr_at(30, cfg) == pytest.approx(1.0)  # restart after 20 steps
+    assert lr_at(70, cfg) == pytest.approx(1.0)  # next period is 40
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_agree_on_weights(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from conftest import toy_forgery\n"
+        "from training.train import TrainConfig, fine_tune\n"
+        "data = [toy_forgery(i, 64, 2) for i in range(8)]\n"
+        f"cfg = TrainConfig(out_dir={str(tmp_path / 'ddp')!r}, variant='micro', steps=3, batch_size=2, workers=0,\n"
+        "                  log_every=1, val_every=1000, save_every=1000, device='cpu', warmup_steps=1)\n"
+        "fine_tune(data, None, cfg, log=lambda s: None)\n"
+        "from training.train import dist\n"
+        "import hashlib\n"
+        "import training.train as T\n"
+        "rank = dist.get_rank()\n"
+        "from safire.build import build_safire\n"
+        "m = build_safire(checkpoint=cfg.out_dir + '/last.pt') if rank == 0 else None\n"
+        "dist.barrier()\n"
+        "dist.destroy_process_group()\n"
+    )
+    # Each rank dumps a hash of its live weights through a tiny hook in the script below.
+    script2 = tmp_path / "run2.py"
+    script2.write_text(
+        "import sys, hashlib, torch, torch.distributed as dist\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from conftest import toy_forgery\n"
+        "from safire.build import build_safire\n"
+        "from training.train import TrainConfig, fine_tune\n"
+        "torch.set_num_threads(1)\n"
+        "data = [toy_forgery(i, 64, 2) for i in range(8)]\n"
+        "model = build_safire('micro')\n"
+        f"cfg = TrainConfig(out_dir={str(tmp_path / 'ddp')!r}, variant='micro', steps=3, batch_size=2, workers=0,\n"
+        "                  log_every=1, val_every=1000, save_every=1000, device='cpu', warmup_steps=1)\n"
+        "res = fine_tune(data, None, cfg, model=model, log=lambda s: None)\n"
+        "h = hashlib.sha1(b''.join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()\n"
+        f"open({str(tmp_path)!r} + f'/rank{{dist.get_rank()}}.txt', 'w').write(h)\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", str(script2)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    h0 = (tmp_path / "rank0.txt").read_text()
+    h1 = (tmp_path / "rank1.txt").read_text()
+    assert h0 == h1
+    assert (tmp_path / "ddp" / "last.pt").is_file()

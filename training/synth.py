@@ -1,0 +1,1172 @@
+"""Synthetic multi-source forgeries, in the spirit of SafireMS-Auto, from offline photos only.
+
+A sample is a *host* view of a bundled photograph (random crop, scale, flip, colour jitter) with
+``num_sources - 1`` foreign regions painted on top, each of which carries its own low-level
+processing history (camera-like noise, blur, resampling, gamma, JPEG / double JPEG at its own grid
+phase). Manipulations:
+
+* ``splicing``   -- a region from another photo (own view, own camera history);
+* ``copy-move``  -- a region of the current image moved elsewhere (optionally scaled, rotated,
+  flipped), then locally processed;
+* ``removal``    -- the region is inpainted (multiscale push-pull diffusion fill, optionally with
+  high-frequency texture borrowed from a nearby area) and re-noised;
+* ``generative`` -- the region is re-synthesised: low-passed content (down/up-sampling by k), the
+  original detail scaled by ``1 - strength`` plus synthetic correlated texture scaled by
+  ``strength``, colour drift and an optional faint periodic (upsampling-like) pattern;
+* ``retouch``    -- the region's own content processed locally (blur, sharpen, median, tone).
+
+Every sample then gets a global post-processing step (none / light JPEG / down-up resampling /
+noise / blur), authentic samples included, so "processed" never means "forged".
+
+Conventions: images are ``H x W x 3`` uint8 RGB; ``sources`` is an ``H x W`` uint8 index mask,
+``0`` = the largest source (always the host), ``1..K-1`` the others by decreasing area. A pixel's
+label is the last source painted on it *before* the global post-processing (which may blend
+values across boundaries by a pixel or two). Output is a deterministic function of
+``(seed, index, num_sources, size_range, photo pool, difficulty)``: samples can be generated in any
+order or in parallel. Pillow's JPEG codec is part of the pipeline, so byte-identity across
+machines also needs the same libjpeg build.
+
+CLI: ``python -m training.synth --out DIR --n N [--sources 1-4] ...`` writes the layout of
+``docs/dataset-format.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy import ndimage
+from skimage import draw
+
+from training.photos import Photo, PhotoPool
+
+__all__ = [
+    "Sample",
+    "generate_sample",
+    "sample_name",
+    "choose_num_sources",
+    "write_dataset",
+    "main",
+    "MANIPULATIONS",
+    "SYNTH_VERSION",
+]
+
+SYNTH_VERSION = 1
+_SALT = 0x5AF1E  # mixed into every seed sequence so other generators seeded alike differ
+
+#: Manipulation kinds of the foreign sources and their default probabilities.
+MANIPULATIONS: Dict[str, float] = {
+    "splicing": 0.34,
+    "copy-move": 0.18,
+    "removal": 0.16,
+    "generative": 0.20,
+    "retouch": 0.12,
+}
+SHAPES = ("polygon", "ellipse", "blob", "rectangle")
+DIFFICULTIES = {"easy": 0.45, "medium": 0.35, "hard": 0.20}
+# Wanted window of the smallest trace distance between a new source and the earlier ones, per
+# difficulty (see _trace_distance): hard samples have subtle but present differences.
+_DISTANCE_WINDOW = {"easy": (1.5, math.inf), "medium": (0.8, 2.5), "hard": (0.3, 1.0)}
+_FILTERS = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+}
+
+
+@dataclass
+class Sample:
+    """One generated sample.
+
+    Attributes:
+        image: ``H x W x 3`` uint8 RGB, the final pixels (any final JPEG is baked in).
+        sources: ``H x W`` uint8 source index per pixel; 0 = largest source (the host).
+        meta: JSON-serialisable record (see ``docs/dataset-format.md``).
+    """
+
+    image: np.ndarray
+    sources: np.ndarray
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_sources(self) -> int:
+        return int(self.meta["num_sources"])
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+
+def sample_name(split: str, index: int) -> str:
+    return f"syn_{split}_{index:06d}"
+
+
+def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    if seed < 0 or index < 0:
+        raise ValueError("seed and index must be non-negative")
+    return np.random.default_rng(np.random.SeedSequence([_SALT, int(seed), int(index), stream]))
+
+
+def _r(x: float, nd: int = 4) -> float:
+    return round(float(x), nd)
+
+
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel operations (float32 H x W x 3 arrays in 0..255; values may leave the range in between)
+# ---------------------------------------------------------------------------------------------
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return a
+    return ndimage.gaussian_filter(a, sigma=(sigma, sigma, 0), truncate=3.0)
+
+
+def _pil_resize(a: np.ndarray, size_hw: Tuple[int, int], filt: str) -> np.ndarray:
+    im = Image.fromarray(_to_u8(a)).resize((size_hw[1], size_hw[0]), _FILTERS[filt])
+    return np.asarray(im, dtype=np.float32)
+
+
+def _float_resize(a: np.ndarray, size_hw: Tuple[int, int], filt=Image.BILINEAR) -> np.ndarray:
+    """Resize a float H x W (x C) array exactly to ``size_hw`` (no quantisation)."""
+    if a.ndim == 2:
+        return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(
+            (size_hw[1], size_hw[0]), filt), dtype=np.float32)
+    return np.stack([_float_resize(a[..., c], size_hw, filt) for c in range(a.shape[2])], axis=2)
+
+
+def _noise_field(rng: np.random.Generator, shape_hw: Tuple[int, int], corr: float,
+                 chroma: float) -> np.ndarray:
+    """Unit-variance noise, H x W x 3; ``chroma`` = share of channel-independent variance,
+    ``corr`` = spatial correlation (Gaussian sigma in pixels, 0 = white)."""
+    h, w = shape_hw
+    n = rng.standard_normal((h, w, 1), dtype=np.float32)
+    if chroma > 0:
+        nc = rng.standard_normal((h, w, 3), dtype=np.float32)
+        n = math.sqrt(1.0 - chroma) * n + math.sqrt(chroma) * nc
+    else:
+        n = np.repeat(n, 3, axis=2)
+    if corr > 0:
+        n = _gauss(n, corr)
+        n /= max(float(n.std()), 1e-6)
+    return n
+
+
+def _jpeg(a: np.ndarray, quality: int, phase: Sequence[int], origin: Tuple[int, int],
+          subsampling: int) -> np.ndarray:
+    """JPEG round trip with the 16x16 MCU grid at image phase ``phase`` for a patch whose
+    top-left pixel sits at image coordinates ``origin``."""
+    py = (origin[0] - phase[0]) % 16
+    px = (origin[1] - phase[1]) % 16
+    u = _to_u8(a)
+    if py or px:
+        u = np.pad(u, ((py, 0), (px, 0), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    Image.fromarray(u).save(buf, format="JPEG", quality=int(quality), subsampling=int(subsampling))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        out = np.asarray(im.convert("RGB"), dtype=np.float32)
+    return out[py:, px:]
+
+
+def _periodic(rng_seed: int, shape_hw: Tuple[int, int], origin: Tuple[int, int], period: int,
+              amplitude: float, mono: bool) -> np.ndarray:
+    r = np.random.default_rng(rng_seed)
+    tile = r.standard_normal((period, period, 1 if mono else 3)).astype(np.float32)
+    tile -= tile.mean(axis=(0, 1), keepdims=True)
+    tile /= max(float(tile.std()), 1e-6)
+    h, w = shape_hw
+    oy, ox = origin[0] % period, origin[1] % period
+    reps = ((h + oy) // period + 1, (w + ox) // period + 1, 1)
+    pat = np.tile(tile, reps)[oy:oy + h, ox:ox + w]
+    if mono:
+        pat = np.repeat(pat, 3, axis=2)
+    return amplitude * pat
+
+
+def _apply_ops(a: np.ndarray, ops: Sequence[Dict[str, Any]], rng: np.random.Generator,
+               origin: Tuple[int, int], mono: bool) -> np.ndarray:
+    """Apply a processing history to a patch whose top-left is at image ``origin``."""
+    for op in ops:
+        kind = op["op"]
+        if kind == "blur":
+            a = _gauss(a, op["sigma"])
+        elif kind == "noise":
+            n = _noise_field(rng, a.shape[:2], op["corr"], 0.0 if mono else op["chroma"])
+            p = op["poisson"]
+            std = op["sigma"] * np.sqrt((1.0 - p) + p * np.clip(a, 0, 255) * (1.0 / 128.0))
+            a = a + n * std
+        elif kind == "gamma":
+            g = np.asarray(op["gains"], dtype=np.float32)
+            a = 255.0 * np.power(np.clip(a, 0, 255) / 255.0, op["gamma"]) * g + op["offset"]
+        elif kind == "jpeg":
+            a = _jpeg(a, op["quality"], op["phase"], origin, op["subsampling"])
+        elif kind == "resample":
+            h, w = a.shape[:2]
+            f = op["factor"]
+            mid = (max(2, int(round(h * f))), max(2, int(round(w * f))))
+            a = _pil_resize(_pil_resize(a, mid, op["filter"]), (h, w), op["filter_back"])
+        elif kind == "sharpen":
+            a = a + op["amount"] * (a - _gauss(a, op["radius"]))
+        elif kind == "median":
+            im = Image.fromarray(_to_u8(a)).filter(ImageFilter.MedianFilter(op["size"]))
+            a = np.asarray(im, dtype=np.float32)
+        elif kind == "tone":
+            m = a.mean(axis=(0, 1), keepdims=True)
+            a = (a - m) * op["contrast"] + m + op["brightness"]
+        elif kind == "periodic":
+            a = a + _periodic(op["seed"], a.shape[:2], origin, op["period"], op["amplitude"], mono)
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown op {kind!r}")
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# Processing histories and the trace-distance heuristic
+# ---------------------------------------------------------------------------------------------
+
+def _op_noise(rng, lo: float, hi: float, mono: bool) -> Dict[str, Any]:
+    return {"op": "noise", "sigma": _r(_loguniform(rng, lo, hi), 3),
+            "poisson": _r(rng.uniform(0, 1), 3),
+            "corr": _r(rng.uniform(0.4, 0.9), 3) if rng.random() < 0.5 else 0.0,
+            "chroma": 0.0 if mono else _r(rng.uniform(0.1, 0.7), 3)}
+
+
+def _op_jpeg(rng, lo: int, hi: int, aligned: bool) -> Dict[str, Any]:
+    phase = [0, 0] if aligned else [int(rng.integers(0, 16)), int(rng.integers(0, 16))]
+    return {"op": "jpeg", "quality": int(rng.integers(lo, hi + 1)), "phase": phase,
+            "subsampling": int(rng.choice([0, 2], p=[0.35, 0.65]))}
+
+
+def _op_gamma(rng, mono: bool, strength: float = 1.0) -> Dict[str, Any]:
+    g = float(np.exp(rng.uniform(-0.2, 0.2) * strength))
+    if mono:
+        gains = [_r(rng.uniform(1 - 0.05 * strength, 1 + 0.05 * strength), 4)] * 3
+    else:
+        gains = [_r(rng.uniform(1 - 0.04 * strength, 1 + 0.04 * strength), 4) for _ in range(3)]
+    return {"op": "gamma", "gamma": _r(g, 4), "gains": gains,
+            "offset": _r(rng.uniform(-5, 5) * strength, 3)}
+
+
+def _op_resample(rng) -> Dict[str, Any]:
+    f = rng.uniform(0.45, 0.85) if rng.random() < 0.7 else rng.uniform(1.25, 1.9)
+    filters = ["bilinear", "bicubic", "lanczos", "nearest"]
+    return {"op": "resample", "factor": _r(f, 3),
+            "filter": str(rng.choice(filters, p=[0.35, 0.35, 0.2, 0.1])),
+            "filter_back": str(rng.choice(filters[:3]))}
+
+
+def _camera_ops(rng: np.random.Generator, mono: bool, host: bool) -> List[Dict[str, Any]]:
+    """A camera-like history: blur -> noise -> tone -> JPEG -> resample -> JPEG."""
+    ops: List[Dict[str, Any]] = []
+    if rng.random() < 0.35:
+        ops.append({"op": "blur", "sigma": _r(rng.uniform(0.3, 1.4), 3)})
+    if rng.random() < 0.9:
+        ops.append(_op_noise(rng, 0.7, 8.0, mono))
+    if rng.random() < 0.4:
+        ops.append(_op_gamma(rng, mono))
+    has_jpeg = rng.random() < 0.7
+    if has_jpeg:
+        ops.append(_op_jpeg(rng, 50, 98, aligned=host and rng.random() < 0.7))
+    if rng.random() < 0.25:
+        ops.append(_op_resample(rng))
+    if has_jpeg and rng.random() < 0.3:
+        ops.append(_op_jpeg(rng, 50, 98, aligned=host and rng.random() < 0.5))
+    return ops
+
+
+def _global_ops(rng: np.random.Generator, difficulty: str) -> List[Dict[str, Any]]:
+    """Final whole-image post-processing (also applied to authentic images)."""
+    p_none = {"easy": 0.45, "medium": 0.35, "hard": 0.25}[difficulty]
+    if rng.random() < p_none:
+        return []
+    n_ops = 2 if (difficulty == "hard" and rng.random() < 0.4) else 1
+    kinds = rng.choice(["jpeg", "resample", "noise", "blur"], size=n_ops, replace=False,
+                       p=[0.5, 0.2, 0.2, 0.1])
+    ops: List[Dict[str, Any]] = []
+    for k in ["noise", "blur", "resample", "jpeg"]:  # fixed, plausible order
+        if k not in kinds:
+            continue
+        if k == "jpeg":
+            lo = {"easy": 88, "medium": 75, "hard": 60}[difficulty]
+            ops.append(_op_jpeg(rng, lo, 98, aligned=True))
+        elif k == "resample":
+            lo = {"easy": 0.85, "medium": 0.75, "hard": 0.6}[difficulty]
+            ops.append({"op": "resample", "factor": _r(rng.uniform(lo, 0.95), 3),
+                        "filter": str(rng.choice(["bilinear", "bicubic", "lanczos"])),
+                        "filter_back": str(rng.choice(["bilinear", "bicubic", "lanczos"]))})
+        elif k == "noise":
+            hi = {"easy": 1.2, "medium": 2.0, "hard": 3.0}[difficulty]
+            ops.append({"op": "noise", "sigma": _r(rng.uniform(0.3, hi), 3), "poisson": 0.5,
+                        "corr": 0.0, "chroma": 0.5})
+        elif k == "blur":
+            hi = {"easy": 0.4, "medium": 0.55, "hard": 0.7}[difficulty]
+            ops.append({"op": "blur", "sigma": _r(rng.uniform(0.25, hi), 3)})
+    return ops
+
+
+_BASE_TRACE = {"noise": 0.0, "blur": 0.0, "jpeg_q": 100.0, "jpeg_phase": None,
+               "resample": 0.0, "periodic": 0.0}
+
+
+def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
+           ) -> Dict[str, Any]:
+    """Rough summary of the traces a history leaves (heuristic, for contrast control only).
+
+    ``noise`` ~ residual noise std (grey levels), ``blur`` ~ extra blur sigma (px), ``jpeg_q`` /
+    ``jpeg_phase`` = last JPEG whose block grid is still intact, ``resample`` = accumulated
+    |log2 factor| of interpolations, ``periodic`` = amplitude of a periodic pattern.
+    """
+    st = dict(_BASE_TRACE if state is None else state)
+    for op in ops:
+        k = op["op"]
+        if k == "blur":
+            s = op["sigma"]
+            st["blur"] = math.hypot(st["blur"], s)
+            st["noise"] /= 1.0 + 1.5 * s
+            if s > 0.6:
+                st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+        elif k == "noise":
+            st["noise"] = math.hypot(st["noise"], op["sigma"])
+            if op["sigma"] > 3 and st["jpeg_q"] > 80:
+                st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+        elif k == "jpeg":
+            q = float(op["quality"])
+            st["noise"] *= 0.5 + 0.5 * (q - 50) / 50
+            st["jpeg_q"], st["jpeg_phase"] = q, tuple(p % 8 for p in op["phase"])
+            st["periodic"] *= 0.5 + 0.5 * (q - 50) / 50
+        elif k == "resample":
+            f = op["factor"]
+            st["resample"] += abs(math.log2(f)) + 0.3
+            st["noise"] *= min(1.0, f)
+            st["blur"] = math.hypot(st["blur"], max(0.0, 0.5 / f - 0.5) + 0.3)
+            st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+            st["periodic"] = 0.0
+        elif k == "sharpen":
+            st["noise"] *= 1.0 + op["amount"]
+            st["blur"] = max(0.0, st["blur"] - 0.5 * op["amount"])
+            st["resample"] += 0.2
+        elif k == "median":
+            st["noise"] *= 0.45
+            st["blur"] = math.hypot(st["blur"], 0.6)
+            st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+        elif k == "tone":
+            st["noise"] *= op["contrast"]
+        elif k == "gamma":
+            st["noise"] *= float(np.mean(op["gains"]))
+        elif k == "periodic":
+            st["periodic"] = math.hypot(st["periodic"], op["amplitude"])
+        elif k == "geom":  # copy-move transform
+            moved = op["scale"] != 1.0 or op["angle"] != 0.0
+            if moved:
+                st["resample"] += abs(math.log2(op["scale"])) + (0.4 if op["angle"] else 0.2)
+                st["blur"] = math.hypot(st["blur"], 0.3)
+                st["noise"] *= 0.85
+                st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+            elif st["jpeg_phase"] is not None:
+                dy, dx = op["shift"]
+                st["jpeg_phase"] = ((st["jpeg_phase"][0] + dy) % 8, (st["jpeg_phase"][1] + dx) % 8)
+        elif k == "inpaint":
+            st["noise"] = 0.0
+            st["blur"] = math.hypot(st["blur"], 1.2 if op["texture"] > 0 else 2.5)
+            st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+            st["resample"] += 0.3
+            st["periodic"] = 0.0
+        elif k == "resynth":
+            s = op["strength"]
+            st["noise"] = (1 - s) * st["noise"] + s * 2.0
+            st["blur"] = math.hypot(st["blur"], 0.3 * op["factor"] * s)
+            st["resample"] += 0.5 * s * math.log2(op["factor"])
+            if s >= 0.4:
+                st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+            st["periodic"] *= 1 - s
+    return st
+
+
+def _trace_distance(a: Dict[str, Any], b: Dict[str, Any]) -> float:
+    """Heuristic distance between two trace summaries (~1 = a visible difference)."""
+    d = abs(a["noise"] - b["noise"]) / 2.5
+    d += abs(a["blur"] - b["blur"]) / 0.6
+    d += abs(a["resample"] - b["resample"]) / 0.8
+    d += abs(a["periodic"] - b["periodic"]) / 0.7
+    qa, qb = a["jpeg_q"], b["jpeg_q"]
+    d += abs(qa - qb) / 25.0
+    if qa < 100 and qb < 100 and a["jpeg_phase"] != b["jpeg_phase"]:
+        d += (100.0 - max(qa, qb)) / 40.0
+    return float(d)
+
+
+def _json_trace(st: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else (None if v is None else _r(v, 3)))
+            for k, v in st.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Region shapes and layout
+# ---------------------------------------------------------------------------------------------
+
+def _shape_in_box(rng: np.random.Generator, kind: str, bh: int, bw: int
+                  ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """A boolean ``bh x bw`` mask of the given shape kind filling its box loosely."""
+    m = np.zeros((bh, bw), dtype=bool)
+    cy, cx = (bh - 1) / 2.0, (bw - 1) / 2.0
+    info: Dict[str, Any] = {"kind": kind}
+    if kind == "ellipse":
+        rot = rng.uniform(-math.pi, math.pi) if rng.random() < 0.6 else 0.0
+        ry, rx = bh / 2.0, bw / 2.0
+        if rot:  # shrink so that the rotated ellipse stays mostly inside the box
+            ry, rx = ry * 0.85, rx * 0.85
+        rr, cc = draw.ellipse(cy, cx, max(ry, 2), max(rx, 2), shape=(bh, bw), rotation=rot)
+        m[rr, cc] = True
+        info["rotation"] = _r(rot, 3)
+    elif kind == "polygon":
+        n = int(rng.integers(5, 13))
+        ang = np.sort(rng.uniform(0, 2 * math.pi, n))
+        rad = rng.uniform(0.45, 1.0, n)
+        ys = cy + (bh / 2.0) * rad * np.sin(ang)
+        xs = cx + (bw / 2.0) * rad * np.cos(ang)
+        rr, cc = draw.polygon(ys, xs, shape=(bh, bw))
+        m[rr, cc] = True
+        info["vertices"] = n
+    elif kind == "rectangle":
+        if rng.random() < 0.6:
+            m[:, :] = True
+            info["rotation"] = 0.0
+        else:
+            rot = rng.uniform(-math.pi / 4, math.pi / 4)
+            hh, hw = bh / 2.0 / (1 + abs(math.sin(rot))), bw / 2.0 / (1 + abs(math.sin(rot)))
+            c, s = math.cos(rot), math.sin(rot)
+            corners = np.array([[-hh, -hw], [-hh, hw], [hh, hw], [hh, -hw]])
+            ys = cy + corners[:, 0] * c - corners[:, 1] * s
+            xs = cx + corners[:, 0] * s + corners[:, 1] * c
+            rr, cc = draw.polygon(ys, xs, shape=(bh, bw))
+            m[rr, cc] = True
+            info["rotation"] = _r(rot, 3)
+    elif kind == "blob":
+        g = int(rng.integers(3, 7))
+        low = rng.standard_normal((g, g)).astype(np.float32)
+        fld = _float_resize(low, (bh, bw), Image.BICUBIC)
+        yy = (np.arange(bh, dtype=np.float32)[:, None] - cy) / max(bh / 2.0, 1)
+        xx = (np.arange(bw, dtype=np.float32)[None, :] - cx) / max(bw / 2.0, 1)
+        fld = fld * 0.6 + 2.0 * (1.0 - (yy ** 2 + xx ** 2))
+        fill = rng.uniform(0.45, 0.7)
+        m = fld > np.quantile(fld, 1.0 - fill)
+        if rng.random() < 0.7:
+            lab, n = ndimage.label(m)
+            if n > 1:
+                sizes = np.bincount(lab.ravel())
+                sizes[0] = 0
+                m = lab == int(np.argmax(sizes))
+        info["fill"] = _r(fill, 3)
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    return m, info
+
+
+_FILL = {"ellipse": 0.72, "polygon": 0.5, "rectangle": 0.85, "blob": 0.55}
+
+
+def _random_region(rng: np.random.Generator, H: int, W: int, area_frac: float,
+                   kind: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+    kind = kind or str(rng.choice(SHAPES, p=[0.3, 0.25, 0.3, 0.15]))
+    box_area = area_frac * H * W / _FILL[kind]
+    aspect = _loguniform(rng, 0.5, 2.0)
+    bh = int(round(math.sqrt(box_area * aspect)))
+    bw = int(round(box_area / max(bh, 1)))
+    bh, bw = int(np.clip(bh, 8, H)), int(np.clip(bw, 8, W))
+    y0 = int(rng.integers(0, H - bh + 1))
+    x0 = int(rng.integers(0, W - bw + 1))
+    sm, info = _shape_in_box(rng, kind, bh, bw)
+    m = np.zeros((H, W), dtype=bool)
+    m[y0:y0 + bh, x0:x0 + bw] = sm
+    info.update({"box": [y0, x0, y0 + bh, x0 + bw], "target_area": _r(area_frac, 4)})
+    return m, info
+
+
+def _layout(rng: np.random.Generator, H: int, W: int, n_foreign: int, min_area: float
+            ) -> Tuple[List[np.ndarray], List[Dict[str, Any]], np.ndarray]:
+    """Masks of the foreign sources (paint order) such that, after overlaps, every source keeps
+    at least ``min_area`` of the pixels and the host (label 0) stays the largest."""
+    min_px = max(1, int(math.ceil(min_area * H * W)))
+    for _attempt in range(200):
+        fr = np.array([_loguniform(rng, 0.03, 0.45) for _ in range(n_foreign)])
+        budget = rng.uniform(0.35, 0.7)
+        if fr.sum() > budget:
+            fr = np.maximum(fr * budget / fr.sum(), 0.03)
+        labels = np.zeros((H, W), dtype=np.uint8)
+        masks: List[np.ndarray] = []
+        infos: List[Dict[str, Any]] = []
+        ok = True
+        for j in range(n_foreign):
+            for _try in range(25):
+                m, info = _random_region(rng, H, W, float(fr[j]))
+                trial = labels.copy()
+                trial[m] = j + 1
+                areas = np.bincount(trial.ravel(), minlength=j + 2)
+                if areas[1:].min() >= min_px and areas[0] > areas[1:].max():
+                    labels = trial
+                    masks.append(m)
+                    infos.append(info)
+                    break
+            else:
+                ok = False
+                break
+        if ok:
+            return masks, infos, labels
+    raise RuntimeError(f"could not lay out {n_foreign} regions in {H}x{W}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------
+# Content
+# ---------------------------------------------------------------------------------------------
+
+def _photo_view(photo: Photo, h: int, w: int, rng: np.random.Generator,
+                scale_range: Tuple[float, float] = (0.6, 2.4), tries: int = 4
+                ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """A random ``h x w`` view of a photo (crop at a random scale, flip, resize filter)."""
+    im = photo.pil
+    PW, PH = im.size
+    best = None
+    for _ in range(tries):
+        fmax = min(PW / w, PH / h)
+        lo, hi = scale_range
+        f = fmax if fmax <= lo else _loguniform(rng, lo, min(hi, fmax))
+        cw, ch = w * f, h * f
+        x0 = rng.uniform(0, max(PW - cw, 0))
+        y0 = rng.uniform(0, max(PH - ch, 0))
+        filt = str(rng.choice(["bilinear", "bicubic", "lanczos"] + (["box"] if f > 1.2 else [])))
+        flip = bool(rng.random() < 0.5)
+        arr = np.asarray(im.resize((w, h), _FILTERS[filt], box=(x0, y0, x0 + cw, y0 + ch)),
+                         dtype=np.float32)
+        texture = float(arr[::4, ::4].std())
+        cand = (arr, {"photo": photo.name, "crop": [_r(y0, 1), _r(x0, 1), _r(y0 + ch, 1),
+                                                    _r(x0 + cw, 1)],
+                      "scale": _r(f, 3), "filter": filt, "flip": flip}, texture)
+        if best is None or texture > best[2]:
+            best = cand
+        if texture >= 12.0:
+            break
+    arr, info, _ = best
+    if info["flip"]:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(arr), info
+
+
+def _jitter(a: np.ndarray, rng: np.random.Generator, mono: bool, strength: float = 1.0
+            ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    c = float(rng.uniform(1 - 0.15 * strength, 1 + 0.15 * strength))
+    b = float(rng.uniform(-12, 12) * strength)
+    s = 1.0 if mono else float(rng.uniform(1 - 0.25 * strength, 1 + 0.25 * strength))
+    lum = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if mono:
+        a = np.repeat(lum[..., None], 3, axis=2)
+    else:
+        a = lum[..., None] + s * (a - lum[..., None])
+    m = a.mean(axis=(0, 1), keepdims=True)
+    a = (a - m) * c + m + b
+    return a, {"contrast": _r(c, 3), "brightness": _r(b, 2), "saturation": _r(s, 3)}
+
+
+def _pushpull_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Fill ``hole`` pixels of ``img`` (h x w x 3) by multiscale push-pull diffusion."""
+    levels = []
+    wgt = (~hole).astype(np.float32)
+    val = img * wgt[..., None]
+    while True:
+        levels.append((val, wgt))
+        if wgt.min() > 0 or min(wgt.shape) <= 2:
+            break
+        h2, w2 = (wgt.shape[0] + 1) // 2, (wgt.shape[1] + 1) // 2
+        pv = np.pad(val, ((0, 2 * h2 - val.shape[0]), (0, 2 * w2 - val.shape[1]), (0, 0)))
+        pw = np.pad(wgt, ((0, 2 * h2 - wgt.shape[0]), (0, 2 * w2 - wgt.shape[1])))
+        val = pv.reshape(h2, 2, w2, 2, 3).sum(axis=(1, 3))
+        wgt = pw.reshape(h2, 2, w2, 2).sum(axis=(1, 3))
+    val, wgt = levels[-1]
+    mean = img[~hole].mean(axis=0) if (~hole).any() else np.full(3, 128.0, np.float32)
+    est = np.where(wgt[..., None] > 0, val / np.maximum(wgt, 1e-6)[..., None], mean)
+    for val, wgt in reversed(levels[:-1]):
+        up = _float_resize(est, wgt.shape, Image.BILINEAR)
+        est = np.where(wgt[..., None] > 0, val / np.maximum(wgt, 1e-6)[..., None], up)
+    out = img.copy()
+    smooth = _gauss(est, 1.5)
+    out[hole] = smooth[hole]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Source plans (parameters chosen before rendering, so contrast can be enforced cheaply)
+# ---------------------------------------------------------------------------------------------
+
+def _plan_source(rng: np.random.Generator, kind: str, mono: bool, host_trace: Dict[str, Any]
+                 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Parameters of one foreign source and its trace summary."""
+    plan: Dict[str, Any] = {"manipulation": kind}
+    if kind == "splicing":
+        ops = _camera_ops(rng, mono, host=False)
+        plan["ops"] = ops
+        return plan, _trace(ops)
+    if kind == "copy-move":
+        scale = 1.0 if rng.random() < 0.45 else _r(_loguniform(rng, 0.7, 1.4), 3)
+        angle = _r(rng.uniform(-25, 25), 2) if rng.random() < 0.3 else 0.0
+        geom = {"op": "geom", "scale": scale, "angle": angle, "flip": bool(rng.random() < 0.2),
+                "shift": [int(rng.integers(0, 8)), int(rng.integers(0, 8))]}
+        ops: List[Dict[str, Any]] = []
+        if rng.random() < 0.35:
+            ops.append({"op": "blur", "sigma": _r(rng.uniform(0.4, 1.3), 3)})
+        if rng.random() < 0.45:
+            ops.append(_op_noise(rng, 1.0, 7.0, mono))
+        if rng.random() < 0.25:
+            ops.append(_op_gamma(rng, mono, 0.5))
+        if rng.random() < 0.35:
+            ops.append(_op_jpeg(rng, 50, 95, aligned=False))
+        plan.update({"geom": geom, "ops": ops})
+        return plan, _trace([geom] + ops, host_trace)
+    if kind == "removal":
+        inp = {"op": "inpaint", "method": "pushpull",
+               "texture": _r(rng.uniform(0.4, 1.0), 3) if rng.random() < 0.75 else 0.0}
+        ops = []
+        if rng.random() < 0.75:
+            ops.append(_op_noise(rng, 0.5, 6.0, mono))
+        if rng.random() < 0.3:
+            ops.append(_op_jpeg(rng, 60, 95, aligned=False))
+        plan.update({"inpaint": inp, "ops": ops})
+        return plan, _trace([inp] + ops, host_trace)
+    if kind == "generative":
+        strength = float(rng.choice([0.2, 0.4, 0.6, 0.8, 0.95]))
+        rs = {"op": "resynth", "factor": _r(rng.uniform(2.0, 6.0), 3), "strength": strength,
+              "texture_corr": _r(rng.uniform(0.6, 1.5), 3),
+              "texture_gain": _r(rng.uniform(0.6, 1.2), 3)}
+        ops = [_op_gamma(rng, mono, 0.5)] if rng.random() < 0.6 else []
+        if rng.random() < 0.6:
+            ops.append({"op": "periodic", "period": int(rng.choice([2, 4, 8])),
+                        "amplitude": _r(rng.uniform(0.3, 1.5) * max(strength, 0.4), 3),
+                        "seed": int(rng.integers(0, 2 ** 31))})
+        if rng.random() < 0.3:
+            ops.append(_op_jpeg(rng, 60, 95, aligned=False))
+        plan.update({"resynth": rs, "ops": ops})
+        return plan, _trace([rs] + ops, host_trace)
+    if kind == "retouch":
+        menu = ["blur", "sharpen", "median", "tone", "noise"]
+        picks = rng.choice(menu, size=int(rng.integers(1, 3)), replace=False)
+        ops = []
+        for k in menu:
+            if k not in picks:
+                continue
+            if k == "blur":
+                ops.append({"op": "blur", "sigma": _r(rng.uniform(0.6, 2.0), 3)})
+            elif k == "sharpen":
+                ops.append({"op": "sharpen", "amount": _r(rng.uniform(0.5, 1.5), 3),
+                            "radius": _r(rng.uniform(0.8, 2.0), 3)})
+            elif k == "median":
+                ops.append({"op": "median", "size": 3})
+            elif k == "tone":
+                ops.append({"op": "tone", "contrast": _r(rng.uniform(0.85, 1.2), 3),
+                            "brightness": _r(rng.uniform(-8, 8), 2)})
+            elif k == "noise":
+                ops.append(_op_noise(rng, 1.5, 7.0, mono))
+        plan["ops"] = ops
+        return plan, _trace(ops, host_trace)
+    raise ValueError(f"unknown manipulation {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering of the foreign sources
+# ---------------------------------------------------------------------------------------------
+
+def _patch_rect(mask: np.ndarray, pad: int) -> Tuple[int, int, int, int]:
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    H, W = mask.shape
+    return (max(int(ys[0]) - pad, 0), max(int(xs[0]) - pad, 0),
+            min(int(ys[-1]) + 1 + pad, H), min(int(xs[-1]) + 1 + pad, W))
+
+
+def _render_copy_move(comp: np.ndarray, rect, geom: Dict[str, Any], rng: np.random.Generator
+                      ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    H, W = comp.shape[:2]
+    y0, x0, y1, x1 = rect
+    hr, wr = y1 - y0, x1 - x0
+    scale, angle = geom["scale"], geom["angle"]
+    grow = 1.45 if angle else 1.0
+    hs, ws = int(math.ceil(hr / scale * grow)), int(math.ceil(wr / scale * grow))
+    if hs > H or ws > W:  # source window does not fit: fall back to a pure shift
+        scale, angle, grow = 1.0, 0.0, 1.0
+        hs, ws = hr, wr
+    best = None
+    for _ in range(12):
+        sy = int(rng.integers(0, H - hs + 1))
+        sx = int(rng.integers(0, W - ws + 1))
+        if scale == 1.0 and angle == 0.0:  # honour the planned sub-block shift phase
+            sy = min(sy - (sy - y0) % 8 + geom["shift"][0], H - hs)
+            sx = min(sx - (sx - x0) % 8 + geom["shift"][1], W - ws)
+            sy, sx = max(sy, 0), max(sx, 0)
+        cyd = (sy + hs / 2) - (y0 + hr / 2)
+        cxd = (sx + ws / 2) - (x0 + wr / 2)
+        dist = math.hypot(cyd / max(hr, 1), cxd / max(wr, 1))
+        if best is None or dist > best[0]:
+            best = (dist, sy, sx)
+        if dist > 0.6:
+            break
+    _, sy, sx = best
+    src = comp[sy:sy + hs, sx:sx + ws]
+    if geom["flip"]:
+        src = src[:, ::-1]
+    if angle:
+        im = Image.fromarray(_to_u8(src)).rotate(angle, resample=Image.BICUBIC)
+        src = np.asarray(im, dtype=np.float32)
+        cy, cx = (hs - hr / scale) / 2, (ws - wr / scale) / 2
+        src = src[int(cy):int(cy) + int(math.ceil(hr / scale)),
+                  int(cx):int(cx) + int(math.ceil(wr / scale))]
+    if src.shape[:2] != (hr, wr):
+        src = _pil_resize(src, (hr, wr), "bicubic")
+    else:
+        src = np.array(src, dtype=np.float32)
+    return src, {"from": [sy, sx, sy + hs, sx + ws], "scale": scale, "angle": angle}
+
+
+def _render_removal(comp: np.ndarray, rect, hole: np.ndarray, inp: Dict[str, Any],
+                    rng: np.random.Generator) -> np.ndarray:
+    y0, x0, y1, x1 = rect
+    patch = comp[y0:y1, x0:x1]
+    out = _pushpull_fill(patch, hole)
+    t = inp["texture"]
+    if t > 0:  # borrow high frequencies from a displaced window (a crude patch fill)
+        H, W = comp.shape[:2]
+        hr, wr = y1 - y0, x1 - x0
+        sy = int(rng.integers(0, H - hr + 1))
+        sx = int(rng.integers(0, W - wr + 1))
+        donor = comp[sy:sy + hr, sx:sx + wr]
+        hf = donor - _gauss(donor, 1.5)
+        out[hole] += t * hf[hole]
+    return out
+
+
+def _render_generative(comp: np.ndarray, rect, rs: Dict[str, Any], rng: np.random.Generator,
+                       mono: bool) -> np.ndarray:
+    y0, x0, y1, x1 = rect
+    patch = comp[y0:y1, x0:x1]
+    hr, wr = patch.shape[:2]
+    k = rs["factor"]
+    small = (max(2, int(round(hr / k))), max(2, int(round(wr / k))))
+    low = _pil_resize(_pil_resize(patch, small, "box"), (hr, wr), "bicubic")
+    hf = patch - _gauss(patch, max(0.8, k / 2.5))
+    s = rs["strength"]
+    # synthetic detail with the local energy of the original detail (mostly luminance)
+    tex = _noise_field(rng, (hr, wr), rs["texture_corr"], 0.0 if mono else 0.1)
+    energy = ndimage.gaussian_filter(np.mean(hf * hf, axis=2), 4.0, truncate=2.0)
+    tex *= (np.sqrt(energy) * rs["texture_gain"])[..., None]
+    return low + (1.0 - s) * hf + s * tex
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample generator
+# ---------------------------------------------------------------------------------------------
+
+def _choose_size(rng: np.random.Generator, size_range: Tuple[int, int]) -> Tuple[int, int]:
+    lo, hi = int(size_range[0]), int(size_range[1])
+    if lo < 32 or hi < lo:
+        raise ValueError(f"bad size_range {size_range}")
+    long_side = int(rng.integers(lo, hi + 1))
+    aspect = 1.0 if rng.random() < 0.3 else rng.uniform(1.0, 1.6)
+    short = int(np.clip(round(long_side / aspect), lo, hi))
+    return (short, long_side) if rng.random() < 0.65 else (long_side, short)
+
+
+def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
+                    size_range: Tuple[int, int] = (256, 512), *, split: Optional[str] = None,
+                    difficulty: Optional[str] = None,
+                    manipulations: Optional[Dict[str, float]] = None,
+                    min_area: float = 0.01) -> Sample:
+    """Generate one synthetic sample.
+
+    Args:
+        index: sample index (with ``seed``, fully determines the sample).
+        seed: non-negative base seed.
+        num_sources: 1 (authentic) .. 4 (host + 3 foreign regions); at most 6.
+        photos: the photo pool (use ``PhotoPool.load(split)``).
+        size_range: both image sides lie in ``[min, max]`` pixels.
+        split: recorded in meta and used in the name; defaults to ``photos.split``.
+        difficulty: "easy" | "medium" | "hard" (default: random per sample, 45/35/20 %); sets
+            the wanted trace contrast between sources (easy: clear, hard: subtle but present)
+            and the strength of the global post-processing.
+        manipulations: probabilities of the foreign manipulation kinds (default
+            :data:`MANIPULATIONS`); a kind with weight 0 never appears.
+        min_area: minimum pixel share of every source after overlaps.
+
+    Returns:
+        A :class:`Sample`; ``sources`` has exactly ``num_sources`` distinct labels.
+    """
+    if not 1 <= num_sources <= 6:
+        raise ValueError("num_sources must be in 1..6")
+    split = split or photos.split
+    rng = _rng(seed, index, 0)
+    if difficulty is None:
+        difficulty = str(rng.choice(list(DIFFICULTIES), p=list(DIFFICULTIES.values())))
+    elif difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {list(DIFFICULTIES)}")
+    manip = dict(MANIPULATIONS if manipulations is None else manipulations)
+    kinds = [k for k, v in manip.items() if v > 0]
+    for k in kinds:
+        if k not in MANIPULATIONS:
+            raise ValueError(f"unknown manipulation {k!r}")
+    probs = np.array([manip[k] for k in kinds], dtype=np.float64)
+
+    H, W = _choose_size(rng, size_range)
+    host_photo = photos.choose(rng)
+    mono = host_photo.grey
+    base, host_view = _photo_view(host_photo, H, W, rng)
+    base, host_jit = _jitter(base, rng, mono)
+    host_ops = _camera_ops(rng, mono, host=True)
+    host_trace = _trace(host_ops)
+
+    n_foreign = num_sources - 1
+    masks: List[np.ndarray] = []
+    shapes: List[Dict[str, Any]] = []
+    if n_foreign:
+        masks, shapes, labels = _layout(rng, H, W, n_foreign, min_area)
+    else:
+        labels = np.zeros((H, W), dtype=np.uint8)
+
+    # plan the foreign sources, enforcing a minimum pairwise trace distance
+    plans: List[Dict[str, Any]] = []
+    traces: List[Dict[str, Any]] = [host_trace]
+    lo, hi = _DISTANCE_WINDOW[difficulty]
+    for _j in range(n_foreign):
+        kind = str(rng.choice(kinds, p=probs / probs.sum()))
+        best = None
+        for _try in range(40):
+            plan, tr = _plan_source(rng, kind, mono, host_trace)
+            dmin = min(_trace_distance(tr, t) for t in traces)
+            miss = max(lo - dmin, 0.0) * 2.0 + max(dmin - hi, 0.0)  # too similar is worse
+            if best is None or miss < best[2]:
+                best = (plan, tr, miss)
+            if miss == 0.0:
+                break
+        plans.append(best[0])
+        traces.append(best[1])
+
+    # render: host camera history on the full frame, then foreign sources in paint order
+    comp = _apply_ops(base, host_ops, rng, (0, 0), mono)
+    photos_used = [host_photo.name]
+    src_meta: List[Dict[str, Any]] = [{
+        "role": "host", "photo": host_photo.name, "view": host_view, "jitter": host_jit,
+        "history": host_ops, "trace": _json_trace(host_trace), "paint_order": 0,
+    }]
+    for j, (m, shp, plan) in enumerate(zip(masks, shapes, plans), start=1):
+        kind = plan["manipulation"]
+        pad = 16
+        if kind == "removal":
+            bb = shp["box"]
+            pad = max(16, int(0.25 * max(bb[2] - bb[0], bb[3] - bb[1])))
+        rect = _patch_rect(m, pad)
+        y0, x0, y1, x1 = rect
+        sub = m[y0:y1, x0:x1]
+        info: Dict[str, Any] = {"role": kind, "manipulation": kind, "shape": shp,
+                                "paint_order": j, "rect": [y0, x0, y1, x1]}
+        if kind == "splicing":
+            donor = photos.choose(rng, colour_only=not mono, exclude=(host_photo.name,))
+            content, view = _photo_view(donor, y1 - y0, x1 - x0, rng)
+            content, jit = _jitter(content, rng, mono)
+            # a forger roughly matches brightness to the surroundings
+            wmatch = float(rng.uniform(0.3, 0.9))
+            target = comp[y0:y1, x0:x1][sub].mean(axis=0)
+            content += wmatch * (target - content[sub].mean(axis=0))
+            content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
+            info.update({"photo": donor.name, "view": view, "jitter": jit,
+                         "brightness_match": _r(wmatch, 3), "history": plan["ops"]})
+            photos_used.append(donor.name)
+        elif kind == "copy-move":
+            content, cm = _render_copy_move(comp, rect, plan["geom"], rng)
+            content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
+            info.update({"photo": host_photo.name, "geom": dict(plan["geom"], **cm),
+                         "history": plan["ops"]})
+        elif kind == "removal":
+            content = _render_removal(comp, rect, sub, plan["inpaint"], rng)
+            content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
+            info.update({"photo": host_photo.name, "inpaint": plan["inpaint"],
+                         "history": plan["ops"]})
+        elif kind == "generative":
+            content = _render_generative(comp, rect, plan["resynth"], rng, mono)
+            content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
+            info.update({"photo": host_photo.name, "resynth": plan["resynth"],
+                         "history": plan["ops"]})
+        else:  # retouch
+            content = _apply_ops(comp[y0:y1, x0:x1].copy(), plan["ops"], rng, (y0, x0), mono)
+            info.update({"photo": host_photo.name, "history": plan["ops"]})
+        info["trace"] = _json_trace(traces[j])
+        region = comp[y0:y1, x0:x1]
+        region[sub] = content[sub]
+        src_meta.append(info)
+
+    comp = _to_u8(comp).astype(np.float32)
+    post = _global_ops(rng, difficulty)
+    final = _to_u8(_apply_ops(comp, post, rng, (0, 0), mono)) if post else _to_u8(comp)
+
+    # re-index by decreasing area (stable: ties keep paint order)
+    areas = np.bincount(labels.ravel(), minlength=num_sources).astype(np.int64)
+    order = np.argsort(-areas, kind="stable")
+    if len(np.flatnonzero(areas)) != num_sources or order[0] != 0:  # pragma: no cover
+        raise AssertionError("layout invariant violated")
+    remap = np.empty(num_sources, dtype=np.uint8)
+    remap[order] = np.arange(num_sources, dtype=np.uint8)
+    sources = remap[labels]
+    total = float(H * W)
+    sources_meta = []
+    for new_i, old_i in enumerate(order):
+        sm = dict(src_meta[int(old_i)])
+        sm = {"index": new_i, **sm, "area": _r(areas[old_i] / total, 6)}
+        sources_meta.append(sm)
+
+    dmins = [min(_trace_distance(traces[a], traces[b]) for b in range(len(traces)) if b != a)
+             for a in range(len(traces))] if len(traces) > 1 else []
+    meta: Dict[str, Any] = {
+        "name": sample_name(split, index),
+        "num_sources": num_sources,
+        "authentic": num_sources == 1,
+        "height": H,
+        "width": W,
+        "sources": sources_meta,
+        "photo": host_photo.name,
+        "photos": sorted(set(photos_used)),
+        "mono": mono,
+        "difficulty": difficulty,
+        "min_trace_distance": _r(min(dmins), 3) if dmins else None,
+        "global_post": post,
+        "seed": int(seed),
+        "index": int(index),
+        "split": split,
+        "generator": f"training.synth v{SYNTH_VERSION}",
+    }
+    return Sample(image=final, sources=sources, meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset writer and CLI
+# ---------------------------------------------------------------------------------------------
+
+def choose_num_sources(seed: int, index: int, lo: int, hi: int,
+                       authentic_fraction: Optional[float] = None) -> int:
+    """Number of sources of sample ``index``: uniform over ``lo..hi``; with
+    ``authentic_fraction`` set, authentic (1) with that probability and otherwise uniform over
+    ``max(lo, 2)..hi``."""
+    rng = _rng(seed, index, 1)
+    if authentic_fraction is None:
+        return int(rng.integers(lo, hi + 1))
+    if rng.random() < authentic_fraction or hi < 2:
+        return 1
+    return int(rng.integers(max(lo, 2), hi + 1))
+
+
+def _save_png(arr: np.ndarray, path: str, level: int) -> None:
+    tmp = path + ".tmp"
+    Image.fromarray(arr).save(tmp, format="PNG", compress_level=level)
+    os.replace(tmp, path)
+
+
+def write_sample(sample: Sample, out: str, png_level: int = 1) -> Dict[str, Any]:
+    """Write one sample into the dataset layout; returns a small summary record."""
+    name = sample.name
+    src = sample.sources
+    _save_png(sample.image, os.path.join(out, "images", name + ".png"), png_level)
+    _save_png(src, os.path.join(out, "sources", name + ".png"), 6)
+    _save_png((np.minimum(src, 5) * 50).astype(np.uint8),
+              os.path.join(out, "masks_safirems", name + ".png"), 6)
+    _save_png(np.where(src >= 1, 255, 0).astype(np.uint8),
+              os.path.join(out, "masks_binary", name + ".png"), 6)
+    with open(os.path.join(out, "meta", name + ".json"), "w") as f:
+        json.dump(sample.meta, f, indent=1)
+    return {"name": name, "num_sources": sample.num_sources,
+            "manipulations": [s["role"] for s in sample.meta["sources"][1:]]}
+
+
+_WORKER: Dict[str, Any] = {}
+
+
+def _worker_init(split: str) -> None:
+    _WORKER["pool"] = PhotoPool.load(split)
+
+
+def _job(args: Tuple[int, int, int, Tuple[int, int], str, str, int]) -> Dict[str, Any]:
+    index, seed, k, size_range, split, out, png_level = args
+    pool = _WORKER.get("pool")
+    if pool is None or pool.split != split:
+        pool = _WORKER["pool"] = PhotoPool.load(split)
+    s = generate_sample(index, seed, k, pool, size_range, split=split)
+    return write_sample(s, out, png_level)
+
+
+_LAYOUT_DIRS = ("images", "sources", "masks_safirems", "masks_binary", "meta", "splits")
+
+
+def write_dataset(out: str, n: int, *, seed: int = 0, sources: Tuple[int, int] = (1, 4),
+                  authentic_fraction: Optional[float] = None, split: str = "train",
+                  size_range: Tuple[int, int] = (256, 512), workers: int = 1,
+                  start_index: int = 0, png_level: int = 1, overwrite: bool = False,
+                  progress: bool = True) -> Dict[str, Any]:
+    """Generate ``n`` samples (indices ``start_index ..``) into ``out``; returns the manifest."""
+    lo, hi = sources
+    if not 1 <= lo <= hi <= 5:
+        raise ValueError("sources must satisfy 1 <= min <= max <= 5")
+    if authentic_fraction is not None and not 0.0 <= authentic_fraction <= 1.0:
+        raise ValueError("authentic_fraction must be in [0, 1]")
+    if os.path.exists(os.path.join(out, "manifest.json")) and not overwrite:
+        raise FileExistsError(f"{out} already holds a dataset (manifest.json); use --overwrite")
+    for d in _LAYOUT_DIRS:
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+    if overwrite:  # drop stale synthetic files from an earlier run
+        for d in _LAYOUT_DIRS[:-1]:
+            for fn in os.listdir(os.path.join(out, d)):
+                if fn.startswith("syn_"):
+                    os.remove(os.path.join(out, d, fn))
+    jobs = [(i, seed, choose_num_sources(seed, i, lo, hi, authentic_fraction),
+             tuple(size_range), split, out, png_level)
+            for i in range(start_index, start_index + n)]
+    t0 = time.time()
+    records: List[Dict[str, Any]] = []
+
+    def tick(done: int) -> None:
+        if progress and (done == n or done % max(1, n // 100) == 0):
+            el = time.time() - t0
+            rate = done / el if el > 0 else 0.0
+            eta = (n - done) / rate if rate > 0 else 0.0
+            sys.stderr.write(f"\r[synth] {done}/{n} samples  {rate:.1f}/s  eta {eta:.0f}s ")
+            sys.stderr.flush()
+
+    if workers > 1 and n > 1:
+        import multiprocessing as mp
+
+        with mp.get_context().Pool(workers, initializer=_worker_init, initargs=(split,)) as p:
+            for rec in p.imap(_job, jobs, chunksize=max(1, min(16, n // (4 * workers)))):
+                records.append(rec)
+                tick(len(records))
+    else:
+        _WORKER["pool"] = PhotoPool.load(split)
+        for job in jobs:
+            records.append(_job(job))
+            tick(len(records))
+    if progress:
+        sys.stderr.write("\n")
+
+    hist: Dict[str, int] = {}
+    manip_hist: Dict[str, int] = {}
+    list_lines, bin_lines, benco = [], [], []
+    for r in records:
+        hist[str(r["num_sources"])] = hist.get(str(r["num_sources"]), 0) + 1
+        for m in r["manipulations"]:
+            manip_hist[m] = manip_hist.get(m, 0) + 1
+        img = f"images/{r['name']}.png"
+        if r["num_sources"] == 1:
+            list_lines.append(f"{img},None")
+            bin_lines.append(f"{img},None")
+            benco.append([img, "Negative"])
+        else:
+            list_lines.append(f"{img},masks_safirems/{r['name']}.png")
+            bin_lines.append(f"{img},masks_binary/{r['name']}.png")
+            benco.append([img, f"masks_binary/{r['name']}.png"])
+    for fn, lines in (("list.txt", list_lines), ("list_binary.txt", bin_lines),
+                      (os.path.join("splits", f"{split}.txt"), [r["name"] for r in records])):
+        with open(os.path.join(out, fn), "w") as f:
+            f.write("\n".join(lines) + ("\n" if lines else ""))
+    with open(os.path.join(out, "imdl_benco.json"), "w") as f:
+        json.dump(benco, f, indent=0)
+    manifest = {
+        "format": "safire-dataset",
+        "version": 1,
+        "count": len(records),
+        "num_sources_histogram": dict(sorted(hist.items())),
+        "labels": ["host"] + [k for k in MANIPULATIONS if k in manip_hist],
+        "skipped": [],
+        "source": "synthetic",
+        "generator": {
+            "name": "training.synth", "version": SYNTH_VERSION, "seed": seed,
+            "split": split, "sources": [lo, hi], "authentic_fraction": authentic_fraction,
+            "size_range": list(size_range), "start_index": start_index,
+            "photos": PhotoPool.load(split).names,
+        },
+        "manipulation_histogram": dict(sorted(manip_hist.items())),
+        "splits": {split: len(records)},
+    }
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def _parse_sources(text: str) -> Tuple[int, int]:
+    try:
+        if "-" in text:
+            a, b = text.split("-", 1)
+            lo, hi = int(a), int(b)
+        else:
+            lo = hi = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sources expects N or MIN-MAX, got {text!r}")
+    if not 1 <= lo <= hi <= 5:
+        raise argparse.ArgumentTypeError("--sources must lie in 1..5 with MIN <= MAX")
+    return lo, hi
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="safire synth",
+        description="Generate synthetic multi-source forgeries from bundled offline photos "
+                    "(layout: docs/dataset-format.md).")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    p.add_argument("--sources", type=_parse_sources, default=(1, 4),
+                   help="number of sources per image: N or MIN-MAX, uniform (default 1-4)")
+    p.add_argument("--authentic-fraction", type=float, default=None,
+                   help="share of authentic (single-source) images; the rest is uniform over "
+                        "max(MIN,2)..MAX (default: not set, plain uniform over --sources)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--split", choices=["train", "val"], default="train",
+                   help="photo split; val uses only held-out photos (default train)")
+    p.add_argument("--size-min", type=int, default=256, help="min image side (default 256)")
+    p.add_argument("--size-max", type=int, default=512, help="max image side (default 512)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--start-index", type=int, default=0,
+                   help="first sample index (to extend a dataset reproducibly)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that already holds a dataset")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n < 0 or args.size_min > args.size_max or args.seed < 0:
+        build_parser().error("need --n >= 0, --seed >= 0 and --size-min <= --size-max")
+    try:
+        manifest = write_dataset(
+            args.out, args.n, seed=args.seed, sources=args.sources,
+            authentic_fraction=args.authentic_fraction, split=args.split,
+            size_range=(args.size_min, args.size_max), workers=args.workers,
+            start_index=args.start_index, overwrite=args.overwrite, progress=not args.quiet)
+    except (FileExistsError, ValueError) as e:
+        sys.stderr.write(f"safire synth: error: {e}\n")
+        return 2
+    if not args.quiet:
+        sys.stderr.write(f"[synth] wrote {manifest['count']} samples to {args.out} "
+                         f"(sources histogram {manifest['num_sources_histogram']})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
