@@ -1,0 +1,171 @@
+"""The retraining job process: ``python -m ml_backend.retrain --job MODEL_DIR/<p>/jobs/<id>.json``.
+
+Stages (each reported in the job record's ``progress``):
+
+1. export: the project's annotations from Label Studio (``GET /api/projects/<id>/export``) and
+   their images, into a dataset folder (``docs/dataset-format.md``) with a seeded train/val split;
+2. evaluate the parent model on the validation split;
+3. fine-tune the parent (the project's current version, or the base model) on the training split;
+4. evaluate the new model on the same validation split;
+5. publish ``MODEL_DIR/<project>/<version>/`` atomically with a manifest (metrics before/after,
+   data counts, parent version, training config, timings) and make it current.
+
+Any failure marks the job failed with its error; nothing is published, the serving model stays.
+The Label Studio key comes from the environment (``LABEL_STUDIO_API_KEY``), never from the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .jobs import read_json, write_json_atomic
+
+
+class JobRecord:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        rec = read_json(path)
+        if rec is None:
+            raise SystemExit(f"job record not found or unreadable: {path}")
+        self.rec: Dict[str, Any] = rec
+
+    def update(self, **kw: Any) -> None:
+        self.rec.update(kw)
+        write_json_atomic(self.path, self.rec)
+
+    def progress(self, **kw: Any) -> None:
+        self.update(progress={**self.rec.get("progress", {}), **kw, "updated": time.time()})
+
+
+def _summary(metrics: Dict[str, float]) -> Dict[str, float]:
+    keep = ("miou_auto", "ari_auto", "miou_k", "ari_k", "f1_fixed", "f1_best", "image_auc", "auth_split_rate", "count")
+    return {k: round(float(v), 4) for k, v in metrics.items() if k in keep}
+
+
+def run_job(job: JobRecord) -> str:
+    import torch
+
+    from safire.build import build_safire
+    from training.datasets import SafireDataset
+    from training.evaluate import evaluate_partition
+    from training.train import TrainConfig, fine_tune
+
+    from .export import LabelStudioClient, export_dataset
+    from .models import publish_version
+
+    rec = job.rec
+    project = rec["project"]
+    train_cfg = rec.get("train", {})
+    if int(train_cfg.get("threads", 0)) > 0:
+        torch.set_num_threads(int(train_cfg["threads"]))
+    work = Path(rec["log"]).with_suffix("")  # MODEL_DIR/<p>/jobs/<id>/
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    t0 = time.time()
+
+    # 1. export
+    job.progress(stage="export")
+    url = rec.get("label_studio_url") or os.environ.get("LABEL_STUDIO_URL", "")
+    key = os.environ.get("LABEL_STUDIO_API_KEY", "")
+    if not url or not key:
+        raise RuntimeError("retraining needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to export the project")
+    client = LabelStudioClient(url, key)
+    label_config = rec.get("label_config")
+    if not label_config:
+        label_config = client.get_project(int(project)).get("label_config")
+    tasks = client.export_tasks(int(project))
+    manifest = export_dataset(tasks, str(work / "dataset"), client.fetch_image, label_config=label_config,
+                              val_fraction=float(train_cfg.get("val_fraction", 0.2)), seed=0,
+                              log=lambda s: print(s, flush=True))
+    counts = {"tasks": manifest.total, "samples": manifest.count, "skipped": len(manifest.skipped),
+              "splits": dict(manifest.splits), "num_sources": manifest.num_sources_histogram}
+    job.progress(stage="exported", data=counts)
+    print(f"exported {counts}", flush=True)
+    if manifest.count == 0:
+        reasons = sorted({s.get("code", s.get("reason")) for s in manifest.skipped})
+        raise RuntimeError(f"no usable annotations to train on ({manifest.total} tasks; skipped: {reasons})")
+    train_set = SafireDataset(str(work / "dataset"), split="train")
+    val_set = SafireDataset(str(work / "dataset"), split="val") if manifest.splits.get("val") else None
+
+    # 2. parent model and its validation metrics
+    parent = build_safire(checkpoint=rec["parent_checkpoint"], device="cpu") if rec.get("parent_checkpoint") \
+        else build_safire(rec.get("parent_variant"), None, "cpu", use_default=True)
+    before: Dict[str, float] = {}
+    if val_set is not None and len(val_set):
+        job.progress(stage="evaluate_before")
+        before = _summary(evaluate_partition(parent.eval(), val_set).summary)
+
+    # 3. fine-tune
+    version = f"{project}-{time.strftime('%Y%m%d-%H%M%S')}"
+    steps = int(train_cfg.get("steps", 300))
+    cfg = TrainConfig(
+        out_dir=str(work / "train"), steps=steps, batch_size=int(train_cfg.get("batch_size", 4)),
+        lr=float(train_cfg.get("lr", 1e-4)), trainable=str(train_cfg.get("trainable", "adapter+decoder")),
+        warmup_steps=min(20, max(1, steps // 10)), workers=0, log_every=max(1, min(20, steps // 10)),
+        val_every=10**9, save_every=10**9, device=str(train_cfg.get("device", "cpu")), model_version=version,
+        augment=True, seed=0,
+    )
+    job.progress(stage="train", step=0, steps=steps)
+    result = fine_tune(train_set, None, cfg, model=parent.train(),
+                       progress=lambda p: job.progress(stage="train", **{k: (round(v, 5) if isinstance(v, float) else v)
+                                                                         for k, v in p.items()}),
+                       log=lambda s: print(s, flush=True))
+
+    # 4. evaluate the new model
+    after: Dict[str, float] = {}
+    if val_set is not None and len(val_set):
+        job.progress(stage="evaluate_after")
+        new = build_safire(checkpoint=result.last_checkpoint, device="cpu")
+        after = _summary(evaluate_partition(new, val_set).summary)
+
+    # 5. publish
+    job.progress(stage="publish")
+    pub_manifest = {
+        "version": version,
+        "project": project,
+        "parent_version": rec.get("parent_version"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "job": rec["id"],
+        "reason": rec.get("reason"),
+        "data": counts,
+        "metrics": {"before": before, "after": after},
+        "train": {"steps": result.steps, "seconds": round(result.seconds, 1),
+                  "images_per_second": round(result.images_per_second, 3), **train_cfg},
+        "seconds_total": round(time.time() - t0, 1),
+    }
+    publish_version(rec["model_dir"], project, version, result.last_checkpoint, pub_manifest)
+    shutil.rmtree(work / "train", ignore_errors=True)
+    return version
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ml_backend.retrain")
+    p.add_argument("--job", required=True, help="job record (JSON) written by JobManager.submit")
+    args = p.parse_args(argv)
+    job = JobRecord(Path(args.job))
+    job.update(state="running", started=time.time(), pid=os.getpid())
+    print(f"job {job.rec['id']} for project {job.rec['project']} started (pid {os.getpid()})", flush=True)
+    try:
+        version = run_job(job)
+    except BaseException as e:  # noqa: BLE001 - the record must say why, whatever happened
+        traceback.print_exc()
+        job.update(state="failed", finished=time.time(), error=f"{type(e).__name__}: {e}",
+                   progress={**job.rec.get("progress", {}), "stage": "failed"})
+        return 1
+    job.update(state="succeeded", finished=time.time(), version=version,
+               progress={**job.rec.get("progress", {}), "stage": "done"})
+    print(f"published version {version}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Retraining end to end with the micro model: queued, runs in its own process, publishes a
+version, the registry switches to it; a failing job leaves serving intact."""
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import toy_forgery
+from fake_label_studio import FakeLabelStudio
+from ml_backend.jobs import JobManager
+from ml_backend.models import ModelRegistry, publish_version
+from ml_backend.rle import encode_rle
+from safire.build import build_safire
+from safire.checkpoint import save_checkpoint
+
+LABELS = ["Source 1 (host)", "Source 2", "Source 3", "Source 4"]
+
+
+def _task(i, item):
+    h, w = item.labels.shape
+    result = []
+    for s in range(1, int(item.labels.max()) + 1):
+        mask = (item.labels == s).astype(np.uint8) * 255
+        result.append({"id": f"r{i}_{s}", "from_name": "source", "to_name": "image", "type": "brushlabels",
+                       "original_width": w, "original_height": h, "image_rotation": 0,
+                       "value": {"format": "rle", "rle": encode_rle(mask), "brushlabels": [LABELS[s]]}})
+    return {"id": i, "data": {"image": f"/data/upload/1/img{i}.png"},
+            "annotations": [{"id": 100 + i, "result": result, "was_cancelled": False,
+                             "updated_at": "2026-11-22T10:00:00Z", "ground_truth": False}]}
+
+
+@pytest.fixture
+def base_checkpoint(tmp_path):
+    m = build_safire("micro")
+    p = tmp_path / "micro.pt"
+    save_checkpoint(m, p, variant="micro", config=m.config, model_version="micro-base")
+    return str(p)
+
+
+@pytest.fixture
+def fake_ls(monkeypatch):
+    with FakeLabelStudio() as ls:
+        ls.projects[1] = {"id": 1, "label_config": open("label_config/multi_source.xml").read()}
+        tasks = []
+        for i in range(6):
+            item = toy_forgery(i, 64, 2 + i % 2)
+            buf = io.BytesIO()
+            Image.fromarray(item.image).save(buf, format="PNG")
+            ls.files[f"/data/upload/1/img{i}.png"] = buf.getvalue()
+            tasks.append(_task(i, item))
+        ls.exports[1] = tasks
+        monkeypatch.setenv("LABEL_STUDIO_URL", ls.url)
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls.token)
+        monkeypatch.setenv("SAFIRE_TRAIN_STEPS", "3")
+        monkeypatch.setenv("SAFIRE_TRAIN_BATCH", "2")
+        monkeypatch.setenv("SAFIRE_VAL_FRACTION", "0.34")
+        yield ls
+
+
+@pytest.mark.slow
+def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_checkpoint, fake_ls):
+    registry = ModelRegistry(tmp_path / "models", base_checkpoint, poll_seconds=0)
+    jobs = JobManager(registry)
+    assert registry.get("1").version == "micro-base"
+    t0 = time.perf_counter()
+    rec = jobs.submit("1", "START_TRAINING")
+    assert time.perf_counter() - t0 < 1.0  # returns at once; the work is in another process
+    assert rec["state"] == "queued" and rec["parent_version"] == "micro-base"
+    again = jobs.submit("1", "ANNOTATION_CREATED")
+    assert again.get("already_running") and again["id"] == rec["id"]  # one job per project
+    done = jobs.wait("1", timeout=240)
+    assert done["state"] == "succeeded", open(done["log"]).read()[-3000:]
+    version = done["version"]
+    assert jobs.current_version("1") == version
+    served = registry.get("1")
+    assert served.version == version and served.model.meta["variant"] == "micro"
+    man = json.loads((tmp_path / "models" / "1" / version / "manifest.json").read_text())
+    assert man["parent_version"] == "micro-base"
+    assert man["data"]["samples"] == 6 and man["data"]["splits"] == {"train": 4, "val": 2}
+    assert set(man["metrics"]["before"]) >= {"miou_auto", "ari_auto"} and man["metrics"]["after"]
+    # Other projects still use the base model.
+    assert registry.get("2").version == "micro-base"
+
+
+@pytest.mark.slow
+def test_failing_job_leaves_the_serving_model_untouched(tmp_path, base_checkpoint, fake_ls):
+    registry = ModelRegistry(tmp_path / "models", base_checkpoint, poll_seconds=0)
+    # A previously published version is serving.
+    prev = build_safire("micro")
+    ck = tmp_path / "prev.pt"
+    save_checkpoint(prev, ck, variant="micro", config=prev.config, model_version="v-prev")
+    publish_version(tmp_path / "models", "1", "1-prev", ck, {"parent_version": "micro-base"})
+    assert registry.get("1").version == "1-prev"
+    fake_ls.fail_export = True
+    jobs = JobManager(registry)
+    jobs.submit("1")
+    done = jobs.wait("1", timeout=120)
+    assert done["state"] == "failed" and "HTTP 500" in done["error"]
+    assert registry.get("1").version == "1-prev"
+    assert jobs.current_version("1") == "1-prev"
+
+
+def test_dead_job_process_is_reported_failed(tmp_path, base_checkpoint):
+    registry = ModelRegistry(tmp_path / "models", base_checkpoint)
+    jobs = JobManager(registry)
+    d = tmp_path / "models" / "7" / "jobs"
+    d.mkdir(parents=True)
+    (d / "old.json").write_text(json.dumps({"id": "old", "project": "7", "state": "running", "created": 1.0,
+                                             "pid": 999999999}))
+    rec = jobs.get("7")
+    assert rec["state"] == "failed" and "gone" in rec["error"]
+
+
+def test_publish_is_atomic_and_refuses_duplicates(tmp_path, base_checkpoint):
+    publish_version(tmp_path, "3", "v1", base_checkpoint, {"a": 1})
+    assert (tmp_path / "3" / "CURRENT").read_text().strip() == "v1"
+    assert not [p for p in (tmp_path / "3").iterdir() if p.name.startswith(".tmp")]
+    with pytest.raises(FileExistsError):
+        publish_version(tmp_path, "3", "v1", base_checkpoint, {})
+    with pytest.raises(ValueError):
+        publish_version(tmp_path, "../x", "v2", base_checkpoint, {})
+
+
+def test_broken_published_version_keeps_previous_model(tmp_path, base_checkpoint):
+    registry = ModelRegistry(tmp_path / "m", base_checkpoint, poll_seconds=0)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"corrupt")
+    publish_version(tmp_path / "m", "4", "broken", bad, {})
+    assert registry.get("4").version == "micro-base"
+    assert "cannot load" in registry.versions("4")["error"]
