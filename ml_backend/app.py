@@ -1,0 +1,798 @@
+"""The Label Studio ML backend: a Flask app speaking the protocol of Label Studio 1.23.2.
+
+``create_app(settings=None, registry=None, jobs=None)`` builds the WSGI app; the model registry
+(and so the base model) is created once per process here, never per request. Run it with
+``safire serve`` (gunicorn, gthread) or ``gunicorn 'ml_backend.app:create_app()'``.
+
+Endpoints (all JSON; errors are ``{"status": code, "error": name, "message": text}``):
+
+==========================  =====================================================================
+``GET /health``, ``GET /``  ``{"status": "UP", "model_class": "SafireBackend", "model_version", ...}``
+                            (no auth; Label Studio calls it before every prediction round, 1 s)
+``POST /setup``             ``{"project": "<id>.<ts>", "schema": "<View>..."}`` -> ``{"model_version"}``;
+                            an unusable label config -> HTTP 400 with every problem listed (3 s)
+``POST /predict``           ``{"tasks": [...], "project", "label_config", "params": {"context"}}``
+                            -> ``{"results": [one prediction per task, in order], "model_version"}``;
+                            no context: pre-annotation (partition) of every task, a failing task
+                            gets ``{"result": [], "score": 0, "model_version", "error"}``; a context
+                            with smart keypoints/rectangles: the interactive mask for the task
+``POST /webhook``           ``START_TRAINING`` -> ``jobs.submit`` -> 201 ``{"status": "ok", "job"}``;
+                            ``ANNOTATION_CREATED/UPDATED`` (and ``ANNOTATIONS_DELETED``) counted per
+                            project, every ``START_TRAINING_EACH_N_UPDATES`` -> a job; cancelled or
+                            empty annotations ignored; other events 200 ``{"status": "Unknown event"}``
+``GET /metrics``            request counts and p50/p95 latency per endpoint, task/click counters,
+                            embedding-cache stats, model versions, job states
+``GET /jobs``               ``{"jobs": [...]}``; ``GET /jobs/<project>`` the latest job (404 if none)
+``GET /versions/<project>`` the project's published versions and the current one
+``POST /prewarm``           ``{"project", "tasks": [...]}`` or ``{"urls": [...]}``: embeddings computed
+                            in the background so the first click is warm -> 202 ``{"queued", ...}``
+==========================  =====================================================================
+
+Projects are keyed by Label Studio's numeric id: the ``"<id>.<created timestamp>"`` strings of
+``/setup`` and ``/predict`` and the ``project.id`` of webhooks all map to ``"<id>"``.
+
+Embeddings are cached by image URL (the task id is only used to resolve cloud URIs) plus model
+version, so a pre-annotated or prewarmed image answers its first click without the encoder.
+Model computations are bounded by ``SAFIRE_COMPUTE_SLOTS``; clicks take a free slot before queued
+pre-annotation work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict, defaultdict, deque
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
+
+from safire.io import ImageLoadError, load_image
+
+from .fetch import FetchError, ImageFetcher, display_url
+from .label_config import LabelConfigError, LabelConfigSpec, parse_label_config
+from .predictions import (
+    ContextError,
+    click_to_prediction,
+    empty_prediction,
+    parse_context,
+    partition_to_prediction,
+    task_image_url,
+)
+from .settings import Settings
+
+log = logging.getLogger("safire.backend")
+
+MODEL_CLASS = "SafireBackend"
+_PROJECT_TS = re.compile(r"^\s*(\d+)\.\d+\s*$")
+_MAX_CONFIGS = 1000
+_PREWARM_QUEUE = 1000
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def project_key(value: Any) -> Optional[str]:
+    """``"12.1795310459"`` / ``12`` / ``{"id": 12}`` -> ``"12"``; None or empty -> None."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if value is None or isinstance(value, bool):
+        return None
+    s = str(value).strip()
+    m = _PROJECT_TS.match(s)
+    return m.group(1) if m else (s or None)
+
+
+def embedding_key(url: str) -> str:
+    return "url:" + hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+@lru_cache(maxsize=128)
+def _parse_cached(xml: str) -> LabelConfigSpec:
+    return parse_label_config(xml)
+
+
+def parse_config(xml: Any) -> LabelConfigSpec:
+    """:func:`parse_label_config` with a cache (Label Studio re-sends the same config every round)."""
+    if not isinstance(xml, str):
+        raise LabelConfigError(["the label config is missing or not a string"])
+    return _parse_cached(xml)
+
+
+def _explicit(xml: str, attr: str) -> bool:
+    return re.search(rf"\b{attr}\s*=", xml, re.IGNORECASE) is not None
+
+
+class PriorityGate:
+    """At most ``slots`` model computations at once; high-priority waiters (clicks) go first."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, int(slots))
+        self._cond = threading.Condition()
+        self._free = self.slots
+        self._waiting = [0, 0]  # low, high
+
+    @contextmanager
+    def __call__(self, high: bool) -> Iterator[None]:
+        with self._cond:
+            self._waiting[high] += 1
+            try:
+                while self._free <= 0 or (not high and self._waiting[1] > 0):
+                    self._cond.wait()
+            finally:
+                self._waiting[high] -= 1
+            self._free -= 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+    def stats(self) -> Dict[str, int]:
+        with self._cond:
+            return {"slots": self.slots, "busy": self.slots - self._free,
+                    "waiting_clicks": self._waiting[1], "waiting_background": self._waiting[0]}
+
+
+class KeyedLocks:
+    """One lock per key, created on demand and dropped when unused."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: Dict[str, List[Any]] = {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        with self._lock:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._locks.pop(key, None)
+
+
+class Metrics:
+    """Thread-safe request counters and latency samples per endpoint."""
+
+    def __init__(self, samples: int = 2048) -> None:
+        self._lock = threading.Lock()
+        self._samples = samples
+        self.started = time.time()
+        self.requests: Dict[str, Counter] = defaultdict(Counter)
+        self.latency: Dict[str, Deque[float]] = defaultdict(lambda: deque(maxlen=self._samples))
+        self.counters: Counter = Counter()
+        self.stage_latency: Dict[str, Deque[float]] = defaultdict(lambda: deque(maxlen=self._samples))
+
+    def record(self, endpoint: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[endpoint][str(status)] += 1
+            self.latency[endpoint].append(seconds)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    def stage(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.stage_latency[name].append(seconds)
+
+    @staticmethod
+    def _summary(samples: Deque[float]) -> Dict[str, Any]:
+        if not samples:
+            return {"n": 0}
+        a = np.asarray(samples, dtype=np.float64) * 1000
+        return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 1),
+                "p95_ms": round(float(np.percentile(a, 95)), 1), "max_ms": round(float(a.max()), 1)}
+
+    def snapshot(self) -> Dict[str, Any]:
+        with self._lock:
+            endpoints = {}
+            for ep, counts in sorted(self.requests.items()):
+                endpoints[ep] = {"count": int(sum(counts.values())), "by_status": dict(counts),
+                                 "latency": self._summary(self.latency[ep])}
+            return {"uptime_seconds": round(time.time() - self.started, 1), "endpoints": endpoints,
+                    "counters": dict(self.counters),
+                    "stages": {k: self._summary(v) for k, v in sorted(self.stage_latency.items())}}
+
+
+def _job_view(rec: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A job record without bulky or sensitive fields (label config, environment)."""
+    if rec is None:
+        return None
+    return {k: v for k, v in rec.items() if k not in ("label_config", "env", "api_key")}
+
+
+# ------------------------------------------------------------------------------------------------
+# the backend state (one per process)
+# ------------------------------------------------------------------------------------------------
+
+
+class Backend:
+    """Everything the routes share: settings, registry, fetcher, jobs, caches and counters."""
+
+    def __init__(self, settings: Settings, registry: Any, jobs: Any = None, fetcher: Optional[ImageFetcher] = None):
+        self.settings = settings
+        self.registry = registry
+        self.fetcher = fetcher or ImageFetcher(settings)
+        self.metrics = Metrics()
+        self.gate = PriorityGate(settings.effective_compute_slots)
+        self.image_locks = KeyedLocks()
+        self._jobs = jobs
+        self._jobs_error: Optional[str] = None
+        self._jobs_lock = threading.Lock()
+        self._configs: "OrderedDict[str, str]" = OrderedDict()
+        self._configs_lock = threading.Lock()
+        self._updates: Counter = Counter()
+        self._updates_lock = threading.Lock()
+        self._prewarm_q: "queue.Queue[Tuple[Optional[str], str, Any, str]]" = queue.Queue(_PREWARM_QUEUE)
+        self._prewarm_pending: set = set()
+        self._prewarm_lock = threading.Lock()
+        self._prewarm_thread: Optional[threading.Thread] = None
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def jobs(self) -> Any:
+        """The job manager, created on first use (``ml_backend.jobs.JobManager``)."""
+        if self._jobs is not None or self._jobs_error is not None:
+            return self._jobs
+        with self._jobs_lock:
+            if self._jobs is None and self._jobs_error is None:
+                try:
+                    from ml_backend.jobs import JobManager
+
+                    self._jobs = JobManager(self.registry, self.settings)
+                    self._jobs_error = None
+                except Exception as e:  # training unavailable must not take serving down
+                    self._jobs_error = f"{type(e).__name__}: {e}"
+                    log.error("retraining is unavailable: %s", self._jobs_error)
+                    return None
+        return self._jobs
+
+    # -- label configs --------------------------------------------------------------------------
+    def remember_config(self, project: Optional[str], xml: Any) -> None:
+        if project is None or not isinstance(xml, str) or not xml.strip():
+            return
+        with self._configs_lock:
+            self._configs[project] = xml
+            self._configs.move_to_end(project)
+            while len(self._configs) > _MAX_CONFIGS:
+                self._configs.popitem(last=False)
+
+    def config_for(self, project: Optional[str], xml: Any) -> str:
+        if isinstance(xml, str) and xml.strip():
+            self.remember_config(project, xml)
+            return xml
+        with self._configs_lock:
+            known = self._configs.get(project) if project is not None else None
+        if known is None:
+            raise BadRequest("label_config is missing and no /setup was seen for this project")
+        return known
+
+    def model(self, project: Optional[str]) -> Any:
+        try:
+            return self.registry.get(project)
+        except ValueError as e:  # an unusable project name: serve the base model
+            log.warning("project %r: %s; using the base model", project, e)
+            return self.registry.base
+
+    def tuning(self, spec: LabelConfigSpec, xml: str) -> Dict[str, Any]:
+        s = self.settings
+        return {
+            "num_sources": spec.num_sources if _explicit(xml, "safire_sources") else s.sources,
+            "grid_size": spec.grid_size if _explicit(xml, "safire_grid") else s.grid,
+            "seed": s.seed,
+        }
+
+    # -- images and embeddings --------------------------------------------------------------------
+    def load(self, url: str, task_id: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        data = self.fetcher.fetch(url, task_id)
+        t1 = time.perf_counter()
+        image = load_image(data, max_pixels=self.settings.max_pixels, name=display_url(url))
+        self.metrics.stage("fetch", t1 - t0)
+        self.metrics.stage("decode_image", time.perf_counter() - t1)
+        return image
+
+    @staticmethod
+    def cached_embedding(predictor: Any, key: str) -> Any:
+        lookup = getattr(predictor, "cached_embedding", None)
+        if callable(lookup):
+            return lookup(key)
+        tag = getattr(predictor, "_model_tag", None)
+        cache = getattr(predictor, "cache", None)
+        if tag is None or cache is None:
+            return None
+        return cache.get(f"{tag}:{key}")
+
+    def image_key(self, url: str) -> str:
+        """Cache key of an image: its URL, made absolute against LABEL_STUDIO_URL when relative."""
+        if url[:5].lower() != "data:" and "://" not in url:
+            url = self.fetcher.base + (url if url.startswith("/") else "/" + url)
+        return embedding_key(url)
+
+    def embedding(self, loaded: Any, url: str, task_id: Any, high: bool) -> Tuple[Any, bool]:
+        """The image's embedding for ``loaded``'s model; fetches and encodes at most once per image."""
+        key = self.image_key(url)
+        emb = self.cached_embedding(loaded.predictor, key)
+        if emb is not None:
+            return emb, True
+        with self.image_locks(key):
+            emb = self.cached_embedding(loaded.predictor, key)
+            if emb is not None:
+                return emb, True
+            image = self.load(url, task_id)
+            t0 = time.perf_counter()
+            with self.gate(high):
+                emb, was_cached = loaded.predictor.embed(image, key=key)
+            if not was_cached:
+                self.metrics.stage("encode", time.perf_counter() - t0)
+            return emb, was_cached
+
+    # -- predictions ------------------------------------------------------------------------------
+    def preannotate(self, task: Mapping[str, Any], spec: LabelConfigSpec, xml: str, loaded: Any) -> Dict[str, Any]:
+        from safire.partition import partition
+
+        url = task_image_url(task, spec)
+        emb, _ = self.embedding(loaded, url, task.get("id"), high=False)
+        tune = self.tuning(spec, xml)
+        t0 = time.perf_counter()
+        with self.gate(False):
+            res = partition(loaded.predictor, emb, tune["num_sources"], grid_size=tune["grid_size"],
+                            seed=tune["seed"])
+        t1 = time.perf_counter()
+        pred = partition_to_prediction(res, spec, loaded.version)
+        self.metrics.stage("partition", t1 - t0)
+        self.metrics.stage("encode_rle", time.perf_counter() - t1)
+        return pred
+
+    def click(self, task: Mapping[str, Any], context: Any, spec: LabelConfigSpec, loaded: Any) -> Dict[str, Any]:
+        url = task_image_url(task, spec)
+        parse_context(context, spec)  # no usable prompt: fail before fetching or encoding anything
+        emb, cached = self.embedding(loaded, url, task.get("id"), high=True)
+        self.metrics.count("click_embedding_cached" if cached else "click_embedding_computed")
+        h, w = emb.orig_hw
+        prompt = parse_context(context, spec, width=w, height=h)
+        t0 = time.perf_counter()
+        with self.gate(True):
+            pred = loaded.predictor.predict(
+                prompt.points if len(prompt.points) else None,
+                prompt.labels if len(prompt.points) else None,
+                box=prompt.box, embedding=emb)
+        self.metrics.stage("click_decode", time.perf_counter() - t0)
+        return click_to_prediction(pred, prompt, spec, loaded.version)
+
+    # -- prewarm ------------------------------------------------------------------------------------
+    def prewarm(self, project: Optional[str], items: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        loaded = self.model(project)
+        queued = cached = skipped = 0
+        for url, task_id in items:
+            key = self.image_key(url)
+            pkey = f"{project}|{key}"
+            if self.cached_embedding(loaded.predictor, key) is not None:
+                cached += 1
+                continue
+            with self._prewarm_lock:
+                if pkey in self._prewarm_pending:
+                    cached += 1
+                    continue
+                try:
+                    self._prewarm_q.put_nowait((project, url, task_id, pkey))
+                except queue.Full:
+                    skipped += 1
+                    continue
+                self._prewarm_pending.add(pkey)
+                queued += 1
+        if queued:
+            self._ensure_prewarm_worker()
+        self.metrics.count("prewarm_queued", queued)
+        return {"queued": queued, "already_cached": cached, "skipped_queue_full": skipped,
+                "pending": self._prewarm_q.qsize()}
+
+    def _ensure_prewarm_worker(self) -> None:
+        with self._prewarm_lock:
+            if self._prewarm_thread is None or not self._prewarm_thread.is_alive():
+                self._prewarm_thread = threading.Thread(target=self._prewarm_loop, name="safire-prewarm",
+                                                        daemon=True)
+                self._prewarm_thread.start()
+
+    def _prewarm_loop(self) -> None:
+        while True:
+            project, url, task_id, pkey = self._prewarm_q.get()
+            try:
+                loaded = self.model(project)
+                self.embedding(loaded, url, task_id, high=False)
+                self.metrics.count("prewarm_done")
+            except (FetchError, ImageLoadError) as e:
+                self.metrics.count("prewarm_failed")
+                log.warning("prewarm of %s (task %s) failed: %s", display_url(url), task_id, e)
+            except Exception:
+                self.metrics.count("prewarm_failed")
+                log.exception("prewarm of %s (task %s) failed", display_url(url), task_id)
+            finally:
+                with self._prewarm_lock:
+                    self._prewarm_pending.discard(pkey)
+                self._prewarm_q.task_done()
+
+    def wait_prewarm(self, timeout: float = 30.0) -> bool:
+        """Block until the prewarm queue is empty (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._prewarm_lock:
+                if not self._prewarm_pending:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # -- webhook counters -------------------------------------------------------------------------
+    def count_update(self, project: str) -> int:
+        with self._updates_lock:
+            self._updates[project] += 1
+            return self._updates[project]
+
+    def updates(self) -> Dict[str, int]:
+        with self._updates_lock:
+            return dict(self._updates)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Flask app
+# ------------------------------------------------------------------------------------------------
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> Response:
+    resp = jsonify({"status": status, "error": error, "message": message, **extra})
+    resp.status_code = status
+    return resp
+
+
+def _body() -> Dict[str, Any]:
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        raw = request.get_data(cache=True)
+        raise BadRequest("the request body must be JSON" if raw else "the request body is empty: JSON expected")
+    if not isinstance(data, dict):
+        raise BadRequest(f"the request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _build_registry(settings: Settings) -> Any:
+    from .models import ModelRegistry
+
+    return ModelRegistry(settings.model_dir, base_checkpoint=settings.checkpoint, device=settings.device,
+                         cache_bytes=settings.cache_bytes, cache_ttl=settings.cache_ttl or None,
+                         base_variant=settings.variant)
+
+
+def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: Any = None) -> Flask:
+    """The backend's Flask app. ``registry``/``jobs`` may be injected (tests); otherwise the
+    registry (and the base model) is built here, once, and the job manager on first use."""
+    settings = settings or Settings.from_env()
+    if registry is None:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+        registry = _build_registry(settings)
+    backend = Backend(settings, registry, jobs)
+    if jobs is None:
+        backend.jobs()  # created now so the first webhook is fast; a failure only disables training
+
+    app = Flask("safire_backend")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+    app.extensions["safire"] = backend
+    public = {"health", "index"}
+
+    # -- request lifecycle ------------------------------------------------------------------------
+    @app.before_request
+    def _start() -> Optional[Response]:
+        g.t0 = time.perf_counter()
+        g.tasks = None
+        if settings.auth_enabled and request.endpoint not in public:
+            auth = request.authorization
+            ok = (auth is not None and auth.type == "basic"
+                  and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+                  and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode()))
+            if not ok:
+                resp = _error(401, "Unauthorized", "HTTP basic authentication required (BASIC_AUTH_USER/PASS)")
+                resp.headers["WWW-Authenticate"] = 'Basic realm="safire-ml-backend"'
+                return resp
+        return None
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        dt = time.perf_counter() - g.get("t0", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        backend.metrics.record(f"{request.method} {endpoint}", resp.status_code, dt)
+        tasks = g.get("tasks")
+        log.info("%s %s %d %.0fms%s", request.method, request.path, resp.status_code, dt * 1000,
+                 f" tasks={tasks}" if tasks is not None else "")
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        code = e.code or 500
+        msg = e.description or e.name
+        if code == 413:
+            msg = f"request body larger than SAFIRE_MAX_REQUEST_BYTES ({settings.max_request_bytes} bytes)"
+        resp = _error(code, e.name, msg)
+        if code == 405:
+            allow = e.get_response().headers.get("Allow")
+            if allow:
+                resp.headers["Allow"] = allow
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        if isinstance(e, HTTPException):
+            return _http_error(e)
+        error_id = uuid.uuid4().hex[:12]
+        log.error("error %s on %s %s: %s: %s", error_id, request.method, request.path, type(e).__name__, e,
+                  exc_info=e)
+        return _error(500, "Internal Server Error", "the backend failed; see its log for this error id",
+                      error_id=error_id)
+
+    # -- health / setup -----------------------------------------------------------------------------
+    @app.get("/")
+    def index() -> Response:
+        return health()
+
+    @app.get("/health")
+    def health() -> Response:
+        base = registry.base
+        meta = getattr(base.model, "meta", {}) or {}
+        return jsonify({"status": "UP", "model_class": MODEL_CLASS, "model_version": base.version,
+                        "variant": meta.get("variant"), "device": settings.device,
+                        "uptime_seconds": round(time.time() - backend.metrics.started, 1)})
+
+    @app.post("/setup")
+    def setup() -> Response:
+        body = _body()
+        project = project_key(body.get("project"))
+        schema = body.get("schema", body.get("label_config"))
+        if not isinstance(schema, str) or not schema.strip():
+            raise BadRequest("'schema' (the project's label config) is missing")
+        try:
+            spec = parse_config(schema)
+        except LabelConfigError as e:
+            backend.metrics.count("setup_rejected")
+            return _error(400, "Invalid label config", str(e), problems=e.problems)
+        backend.remember_config(project, schema)
+        loaded = backend.model(project)
+        return jsonify({"model_version": loaded.version, "mode": spec.mode})
+
+    # -- predict ----------------------------------------------------------------------------------
+    @app.post("/predict")
+    def predict() -> Response:
+        body = _body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("'tasks' must be a list of Label Studio tasks")
+        g.tasks = len(tasks)
+        project = project_key(body.get("project"))
+        if project is None and tasks and isinstance(tasks[0], Mapping):
+            project = project_key(tasks[0].get("project"))
+        params = body.get("params") if isinstance(body.get("params"), Mapping) else {}
+        context = params.get("context", body.get("context"))
+        xml = backend.config_for(project, body.get("label_config"))
+        try:
+            spec = parse_config(xml)
+        except LabelConfigError as e:
+            return _error(400, "Invalid label config", str(e), problems=e.problems)
+        loaded = backend.model(project)
+        version = loaded.version
+        # LS sends context=null for pre-annotation; a context with "result" is a smart-tool call,
+        # answered with the click's mask (an empty "result" gets an empty answer, not a partition)
+        interactive = isinstance(context, Mapping) and "result" in context
+        results: List[Dict[str, Any]] = []
+        for task in tasks:
+            task_id = task.get("id") if isinstance(task, Mapping) else None
+            try:
+                if not isinstance(task, Mapping):
+                    raise ValueError("task is not a JSON object")
+                if interactive:
+                    results.append(backend.click(task, context, spec, loaded))
+                    backend.metrics.count("clicks")
+                else:
+                    results.append(backend.preannotate(task, spec, xml, loaded))
+                    backend.metrics.count("tasks_predicted")
+            except ContextError as e:
+                backend.metrics.count("clicks_without_prompt")
+                log.info("task %s: %s", task_id, e)
+                results.append(empty_prediction(version, error=str(e)))
+            except (FetchError, ImageLoadError, ValueError) as e:
+                reason = getattr(e, "reason", "image" if isinstance(e, ImageLoadError) else "task")
+                backend.metrics.count(f"tasks_failed_{reason}")
+                log.warning("task %s: %s: %s", task_id, type(e).__name__, e)
+                results.append(empty_prediction(version, error=str(e)))
+            except Exception as e:
+                error_id = uuid.uuid4().hex[:12]
+                backend.metrics.count("tasks_failed_internal")
+                log.error("task %s: error %s: %s: %s", task_id, error_id, type(e).__name__, e, exc_info=e)
+                results.append(empty_prediction(version, error=f"internal error {error_id}"))
+        return jsonify({"results": results, "model_version": version})
+
+    # -- webhook ----------------------------------------------------------------------------------
+    def _submit(project: str, reason: str, xml: Optional[str]) -> Dict[str, Any]:
+        manager = backend.jobs()
+        if manager is None:
+            raise RuntimeError(f"retraining is unavailable: {backend._jobs_error}")
+        rec = manager.submit(project, reason=reason, label_config=xml)
+        backend.metrics.count("jobs_submitted")
+        return rec
+
+    def _submit_background(project: str, reason: str, xml: Optional[str]) -> None:
+        def run() -> None:
+            try:
+                rec = _submit(project, reason, xml)
+                log.info("project %s: retraining job %s (%s)%s", project, rec.get("id"), reason,
+                         " already running" if rec.get("already_running") else "")
+            except Exception as e:
+                log.error("project %s: cannot start retraining: %s: %s", project, type(e).__name__, e)
+
+        threading.Thread(target=run, name="safire-submit", daemon=True).start()
+
+    @app.post("/webhook")
+    def webhook() -> Tuple[Response, int]:
+        body = _body()
+        action = str(body.get("action") or "")
+        backend.metrics.count(f"webhook_{action or 'none'}")
+        project_obj = body.get("project") if isinstance(body.get("project"), Mapping) else {}
+        xml = project_obj.get("label_config") if isinstance(project_obj.get("label_config"), str) else None
+        if action == "START_TRAINING":
+            project = project_key(project_obj)
+            if project is None:
+                raise BadRequest("START_TRAINING without project.id")
+            backend.remember_config(project, xml)
+            try:
+                rec = _submit(project, "START_TRAINING", xml)
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+            except RuntimeError as e:
+                return _error(503, "Service Unavailable", str(e)), 503
+            job = _job_view(rec) or {}
+            return jsonify({"status": "ok", "job": str(job.get("id")), "result": job}), 201
+        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"):
+            ann = body.get("annotation") if isinstance(body.get("annotation"), Mapping) else {}
+            project = project_key(ann.get("project")) or project_key(project_obj)
+            if project is None:
+                raise BadRequest(f"{action} without a project id")
+            if action != "ANNOTATIONS_DELETED" and (ann.get("was_cancelled") or not ann.get("result")):
+                backend.metrics.count("webhook_ignored_cancelled")
+                return jsonify({"status": "ignored", "reason": "cancelled (skipped) or empty annotation"}), 200
+            backend.remember_config(project, xml)
+            n = backend.count_update(project)
+            every = settings.start_training_each_n_updates
+            if every > 0 and n % every == 0:
+                _submit_background(project, f"{every} annotation updates", xml)
+                return jsonify({"status": "ok", "updates": n, "training": "submitted"}), 201
+            return jsonify({"status": "ok", "updates": n,
+                            "training": f"every {every} updates" if every > 0 else "on Start Training only"}), 201
+        return jsonify({"status": "Unknown event"}), 200
+
+    # -- jobs, versions, metrics ------------------------------------------------------------------
+    @app.get("/jobs")
+    def jobs_list() -> Response:
+        manager = backend.jobs()
+        if manager is None:
+            return _error(503, "Service Unavailable", f"retraining is unavailable: {backend._jobs_error}")
+        return jsonify({"jobs": [_job_view(r) for r in manager.list()]})
+
+    @app.get("/jobs/<project>")
+    def jobs_get(project: str) -> Response:
+        manager = backend.jobs()
+        if manager is None:
+            return _error(503, "Service Unavailable", f"retraining is unavailable: {backend._jobs_error}")
+        key = project_key(project)
+        try:
+            rec = manager.get(key)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if rec is None:
+            raise NotFound(f"no retraining job for project {key}")
+        out = _job_view(rec) or {}
+        out["updates_since_start"] = backend.updates().get(str(key), 0)
+        return jsonify(out)
+
+    @app.get("/versions/<project>")
+    def versions(project: str) -> Response:
+        try:
+            return jsonify(registry.versions(project_key(project)))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        snap = backend.metrics.snapshot()
+        cache = getattr(registry, "cache", None)
+        if cache is not None:
+            st = cache.stats()
+            snap["embedding_cache"] = dict(vars(st)) if hasattr(st, "__dict__") else st
+        loaded = getattr(registry, "_loaded", {}) or {}
+        snap["models"] = {"base": registry.base.version,
+                          "projects": {p: m.version for p, m in list(loaded.items())}}
+        snap["compute"] = backend.gate.stats()
+        snap["prewarm_pending"] = backend._prewarm_q.qsize()
+        snap["annotation_updates"] = backend.updates()
+        manager = backend.jobs()
+        if manager is not None:
+            try:
+                recs = manager.list()
+                snap["jobs"] = {"by_state": dict(Counter(str(r.get("state")) for r in recs)),
+                                "latest": {str(r.get("project")): {"id": r.get("id"), "state": r.get("state")}
+                                           for r in recs}}
+            except Exception as e:
+                snap["jobs"] = {"error": f"{type(e).__name__}: {e}"}
+        else:
+            snap["jobs"] = {"error": backend._jobs_error}
+        return jsonify(snap)
+
+    # -- prewarm ----------------------------------------------------------------------------------
+    @app.post("/prewarm")
+    def prewarm() -> Tuple[Response, int]:
+        body = _body()
+        project = project_key(body.get("project"))
+        items: List[Tuple[str, Any]] = []
+        problems: List[str] = []
+        urls = body.get("urls")
+        tasks = body.get("tasks")
+        if urls is None and tasks is None:
+            raise BadRequest("give 'tasks' (Label Studio tasks) or 'urls' (image URLs)")
+        if urls is not None:
+            if not isinstance(urls, list) or not all(isinstance(u, str) and u.strip() for u in urls):
+                raise BadRequest("'urls' must be a list of non-empty strings")
+            items += [(u.strip(), None) for u in urls]
+        if tasks is not None:
+            if not isinstance(tasks, list):
+                raise BadRequest("'tasks' must be a list")
+            spec = None
+            xml = body.get("label_config")
+            try:
+                xml = backend.config_for(project, xml)
+                spec = parse_config(xml)
+            except (BadRequest, LabelConfigError):
+                spec = None
+            for t in tasks:
+                if not isinstance(t, Mapping):
+                    problems.append("a task is not a JSON object")
+                    continue
+                try:
+                    if spec is not None:
+                        url = task_image_url(t, spec)
+                    else:  # no config known: a task with a single string value or an "image" key
+                        data = t.get("data") or {}
+                        strings = [v for v in data.values() if isinstance(v, str)] if isinstance(data, Mapping) else []
+                        url = data.get("image") if isinstance(data, Mapping) and isinstance(data.get("image"), str) \
+                            else (strings[0] if len(strings) == 1 else None)
+                        if not url:
+                            raise ValueError("cannot tell the image URL without the project's label config")
+                    items.append((url, t.get("id")))
+                except ValueError as e:
+                    problems.append(f"task {t.get('id')}: {e}")
+        g.tasks = len(items)
+        out = backend.prewarm(project, items)
+        if problems:
+            out["problems"] = problems[:20]
+        return jsonify(out), 202
+
+    return app

@@ -1,0 +1,390 @@
+"""Runtime settings of the Label Studio ML backend, all from environment variables.
+
+>>> settings = Settings.from_env()                      # os.environ
+>>> settings = Settings.from_env({"PORT": "9191"})      # any mapping (tests)
+
+Every setting is declared once in :data:`SETTINGS` (variable name, aliases, default, parser and
+meaning); :meth:`Settings.from_env` reads them and reports *every* invalid value at once in a
+:class:`SettingsError`, and :func:`settings_table_markdown` renders the same declarations as the
+README table, so the documentation cannot drift from the code.
+
+Secrets (``LABEL_STUDIO_API_KEY``, ``BASIC_AUTH_PASS``) never appear in ``repr()`` or in
+:meth:`Settings.summary`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlparse
+
+__all__ = ["SETTINGS", "Settings", "SettingsError", "Spec", "settings_table_markdown"]
+
+MB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """One or more environment variables hold invalid values; ``problems`` lists them all."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("invalid backend settings:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+# ------------------------------------------------------------------------------------------------
+# parsers: raw string -> value, raising ValueError with a short reason
+# ------------------------------------------------------------------------------------------------
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _opt_str(raw: str) -> Optional[str]:
+    return raw.strip() or None
+
+
+def _bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true/false (1/0, yes/no, on/off)")
+
+
+def _int_range(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            v = int(raw.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if lo is not None and v < lo:
+            raise ValueError(f"must be >= {lo}")
+        if hi is not None and v > hi:
+            raise ValueError(f"must be <= {hi}")
+        return v
+
+    return parse
+
+
+def _float_range(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+                 hi_open: bool = False) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            v = float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            raise ValueError(f"must be {'>' if lo_open else '>='} {lo}")
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            raise ValueError(f"must be {'<' if hi_open else '<='} {hi}")
+        return v
+
+    return parse
+
+
+def _url(raw: str) -> str:
+    v = raw.strip().rstrip("/")
+    if not v:
+        return ""
+    p = urlparse(v)
+    if p.scheme not in ("http", "https") or not p.netloc:
+        raise ValueError("must start with http:// or https:// and name a host, e.g. http://label-studio:8080")
+    return v
+
+
+def _hosts(raw: str) -> Tuple[str, ...]:
+    out = []
+    for part in raw.split(","):
+        h = part.strip().lower()
+        if not h:
+            continue
+        if "://" in h:  # tolerate full URLs: keep host[:port]
+            h = urlparse(h).netloc
+        if "/" in h or " " in h or not h:
+            raise ValueError(f"{part.strip()!r} is not a host name (expected host or host:port)")
+        out.append(h)
+    return tuple(dict.fromkeys(out))
+
+
+def _sources(raw: str) -> Union[str, int]:
+    v = raw.strip().lower()
+    if v == "auto":
+        return "auto"
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError('expected "auto" or an integer 1..16') from None
+    if not 1 <= n <= 16:
+        raise ValueError("number of sources must be within 1..16")
+    return n
+
+
+def _device(raw: str) -> str:
+    v = raw.strip().lower()
+    if v == "auto" or v == "cpu" or v == "mps" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ValueError("expected cpu, cuda, cuda:N, mps or auto")
+
+
+def _trainable(raw: str) -> str:
+    v = raw.strip().lower()
+    parts = [p.strip() for p in v.replace(",", "+").split("+") if p.strip()]
+    allowed = {"adapter", "decoder", "encoder", "prompt", "all"}
+    bad = [p for p in parts if p not in allowed]
+    if not parts or bad:
+        raise ValueError("expected parts joined by '+' from: adapter, decoder, encoder, prompt, all "
+                         "(e.g. adapter+decoder)")
+    return "+".join(parts)
+
+
+def _log_level(raw: str) -> str:
+    v = raw.strip().upper()
+    if v not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return v
+
+
+# ------------------------------------------------------------------------------------------------
+# declarations: the single source of truth for names, defaults and meanings
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting: the field of :class:`Settings`, its variable (and aliases), default and meaning."""
+
+    field: str
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    aliases: Tuple[str, ...] = ()
+    secret: bool = False
+    group: str = ""
+
+
+SETTINGS: Tuple[Spec, ...] = (
+    # -- Label Studio connection
+    Spec("label_studio_url", "LABEL_STUDIO_URL", "", _url,
+         "Base URL of Label Studio as seen from the backend (used to download `/data/upload/...` "
+         "images and to presign cloud URIs). Inside docker do not use `localhost`.",
+         aliases=("LABEL_STUDIO_HOST",), group="Label Studio"),
+    Spec("label_studio_api_key", "LABEL_STUDIO_API_KEY", "", _str,
+         "API key for image downloads: a Personal Access Token (JWT, exchanged at "
+         "`/api/token/refresh/` and sent as `Bearer`) or a legacy token (sent as `Token`).",
+         aliases=("LABEL_STUDIO_ACCESS_TOKEN",), secret=True, group="Label Studio"),
+    Spec("allowed_hosts", "SAFIRE_ALLOWED_HOSTS", "", _hosts,
+         "Comma-separated extra hosts (`host` or `host:port`) plain http(s) image URLs may come from; "
+         "the Label Studio host is always allowed. No credentials are sent to them.",
+         group="Label Studio"),
+    Spec("local_files_document_root", "LOCAL_FILES_DOCUMENT_ROOT", "", _opt_str,
+         "Label Studio's local-files root; with LOCAL_FILES_SERVING_ENABLED, `/data/local-files/?d=...` "
+         "images are read from disk under it (confined to the root) instead of downloaded.",
+         aliases=("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",), group="Label Studio"),
+    Spec("local_files_serving_enabled", "LOCAL_FILES_SERVING_ENABLED", "false", _bool,
+         "As in Label Studio: local-files serving is on (the backend reads them from "
+         "LOCAL_FILES_DOCUMENT_ROOT when that is set, else downloads them from Label Studio).",
+         aliases=("LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED",), group="Label Studio"),
+    Spec("fetch_timeout", "SAFIRE_FETCH_TIMEOUT", "10", _float_range(0.1, 600),
+         "Seconds allowed to connect and between received bytes when downloading an image "
+         "(the whole download may take at most 6x this).", group="Label Studio"),
+    Spec("max_image_bytes", "SAFIRE_MAX_IMAGE_BYTES", str(50 * MB), _int_range(1024),
+         "Largest image file accepted, in bytes (downloads abort as soon as they exceed it).",
+         group="Label Studio"),
+    Spec("max_pixels", "SAFIRE_MAX_PIXELS", str(40_000_000), _int_range(1),
+         "Largest image accepted, in pixels (checked from the header before decoding).",
+         group="Label Studio"),
+    # -- model
+    Spec("checkpoint", "SAFIRE_CHECKPOINT", "", _opt_str,
+         "Base model weights (our checkpoint or the official `safire.pth`); empty: the embedded "
+         "default model. Projects with a published fine-tuned version use that instead.", group="Model"),
+    Spec("variant", "SAFIRE_VARIANT", "", _opt_str,
+         "Model variant (`vit_b`, `tiny`, `micro`) when the checkpoint does not record it.", group="Model"),
+    Spec("device", "SAFIRE_DEVICE", "cpu", _device, "Torch device: cpu, cuda, cuda:N, mps or auto.",
+         group="Model"),
+    Spec("threads", "SAFIRE_THREADS", "1", _int_range(1, 256),
+         "Torch compute threads per process. 1 is 3-4x faster than 2 when other processes share "
+         "the CPU.", group="Model"),
+    Spec("compute_slots", "SAFIRE_COMPUTE_SLOTS", "0", _int_range(0, 256),
+         "Model computations running at once per process (clicks go first); 0: CPU cores / "
+         "SAFIRE_THREADS.", group="Model"),
+    Spec("model_dir", "MODEL_DIR", "./models", _str,
+         "Folder of fine-tuned versions per project (`<project>/<version>/model.pt`, `CURRENT`).",
+         group="Model"),
+    Spec("cache_mb", "SAFIRE_CACHE_MB", "512", _int_range(0),
+         "Image-embedding cache size in MiB (0 disables it).", group="Model"),
+    Spec("cache_ttl", "SAFIRE_CACHE_TTL", "3600", _float_range(0),
+         "Seconds a cached embedding stays valid (0: no expiry).", group="Model"),
+    # -- prediction
+    Spec("sources", "SAFIRE_SOURCES", "auto", _sources,
+         'Number of sources per image for pre-annotation: "auto" or 1..16 (the BrushLabels '
+         "`safire_sources` attribute overrides it).", group="Prediction"),
+    Spec("grid", "SAFIRE_GRID", "16", _int_range(2, 64),
+         "Prompt grid of the partition (g x g points; `safire_grid` overrides it).", group="Prediction"),
+    Spec("seed", "SAFIRE_SEED", "0", _int_range(0), "Seed of the partition's clustering.",
+         group="Prediction"),
+    # -- training
+    Spec("start_training_each_n_updates", "START_TRAINING_EACH_N_UPDATES", "0", _int_range(0),
+         "Start a fine-tuning job after every N created/updated annotations of a project (0: only "
+         'the "Start Training" button). Counted per server process.', group="Training"),
+    Spec("train_steps", "SAFIRE_TRAIN_STEPS", "300", _int_range(1), "Optimizer steps per fine-tuning job.",
+         group="Training"),
+    Spec("train_batch", "SAFIRE_TRAIN_BATCH", "4", _int_range(1, 1024), "Images per fine-tuning step.",
+         group="Training"),
+    Spec("train_trainable", "SAFIRE_TRAIN_TRAINABLE", "adapter+decoder", _trainable,
+         "Parts fine-tuned, joined by `+`: adapter, decoder, encoder, prompt, all.", group="Training"),
+    Spec("train_lr", "SAFIRE_TRAIN_LR", "1e-4", _float_range(0, 1, lo_open=True),
+         "Learning rate of fine-tuning jobs.", group="Training"),
+    Spec("train_threads", "SAFIRE_TRAIN_THREADS", "1", _int_range(1, 256),
+         "Torch threads of a fine-tuning job process.", group="Training"),
+    Spec("val_fraction", "SAFIRE_VAL_FRACTION", "0.2", _float_range(0, 0.9),
+         "Fraction of annotated tasks held out to validate a fine-tuned version before publishing it.",
+         group="Training"),
+    # -- server
+    Spec("host", "HOST", "0.0.0.0", _str, "Address the server binds to.", group="Server"),
+    Spec("port", "PORT", "9090", _int_range(1, 65535), "Port the server listens on.", group="Server"),
+    Spec("workers", "WORKERS", "1", _int_range(1, 64),
+         "gunicorn worker processes (each loads the model and has its own cache; keep 1 on CPU).",
+         group="Server"),
+    Spec("server_threads", "THREADS", "8", _int_range(1, 256),
+         "Request threads per worker (gthread); model work is still limited by SAFIRE_COMPUTE_SLOTS.",
+         group="Server"),
+    Spec("request_timeout", "SAFIRE_REQUEST_TIMEOUT", "300", _int_range(0),
+         "gunicorn worker timeout in seconds (0: none); keep it above the longest batch prediction.",
+         group="Server"),
+    Spec("max_request_bytes", "SAFIRE_MAX_REQUEST_BYTES", str(64 * MB), _int_range(1024),
+         "Largest request body accepted (HTTP 413 above it); interactive requests carry the task's "
+         "existing masks.", group="Server"),
+    Spec("basic_auth_user", "BASIC_AUTH_USER", "", _str,
+         "With BASIC_AUTH_PASS: HTTP basic auth required on every endpoint except `/health` and `/`.",
+         aliases=("ML_SERVER_BASIC_AUTH_USER",), group="Server"),
+    Spec("basic_auth_pass", "BASIC_AUTH_PASS", "", _str, "Password for BASIC_AUTH_USER.",
+         aliases=("ML_SERVER_BASIC_AUTH_PASS",), secret=True, group="Server"),
+    Spec("log_level", "LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR.", group="Server"),
+)
+
+_BY_FIELD: Dict[str, Spec] = {s.field: s for s in SETTINGS}
+
+
+def _default(name: str) -> Any:
+    return _BY_FIELD[name].parse(_BY_FIELD[name].default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated runtime settings; build them with :meth:`from_env` (defaults match :data:`SETTINGS`)."""
+
+    label_studio_url: str = ""
+    label_studio_api_key: str = field(default="", repr=False)
+    allowed_hosts: Tuple[str, ...] = ()
+    local_files_document_root: Optional[str] = None
+    local_files_serving_enabled: bool = False
+    fetch_timeout: float = 10.0
+    max_image_bytes: int = 50 * MB
+    max_pixels: int = 40_000_000
+    checkpoint: Optional[str] = None
+    variant: Optional[str] = None
+    device: str = "cpu"
+    threads: int = 1
+    compute_slots: int = 0
+    model_dir: str = "./models"
+    cache_mb: int = 512
+    cache_ttl: float = 3600.0
+    sources: Union[str, int] = "auto"
+    grid: int = 16
+    seed: int = 0
+    start_training_each_n_updates: int = 0
+    train_steps: int = 300
+    train_batch: int = 4
+    train_trainable: str = "adapter+decoder"
+    train_lr: float = 1e-4
+    train_threads: int = 1
+    val_fraction: float = 0.2
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    server_threads: int = 8
+    request_timeout: int = 300
+    max_request_bytes: int = 64 * MB
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+        """Read every setting from ``environ`` (default ``os.environ``); raise :class:`SettingsError`."""
+        env = os.environ if environ is None else environ
+        values: Dict[str, Any] = {}
+        problems: List[str] = []
+        for spec in SETTINGS:
+            name, raw = spec.env, env.get(spec.env)
+            if raw is None:
+                for alias in spec.aliases:
+                    if env.get(alias) is not None:
+                        name, raw = alias, env[alias]
+                        break
+            if raw is None:
+                raw = spec.default
+            try:
+                values[spec.field] = spec.parse(raw)
+            except ValueError as e:
+                shown = "<hidden>" if spec.secret else repr(raw)
+                problems.append(f"{name}={shown}: {e}")
+        if "basic_auth_user" in values and "basic_auth_pass" in values:
+            if bool(values["basic_auth_user"]) != bool(values["basic_auth_pass"]):
+                problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        root = values.get("local_files_document_root")
+        if root and values.get("local_files_serving_enabled") and not os.path.isdir(root):
+            problems.append(f"LOCAL_FILES_DOCUMENT_ROOT={root!r} is not a directory")
+        if problems:
+            raise SettingsError(problems)
+        return cls(**values)
+
+    # -- derived values ---------------------------------------------------------------------
+    @property
+    def cache_bytes(self) -> int:
+        return int(self.cache_mb) * MB
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def effective_compute_slots(self) -> int:
+        if self.compute_slots > 0:
+            return self.compute_slots
+        return max(1, (os.cpu_count() or 1) // max(1, self.threads))
+
+    def summary(self) -> Dict[str, Any]:
+        """All settings as a dict for logs and ``/metrics``; secrets are reported as set/unset only."""
+        out: Dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            spec = _BY_FIELD.get(f.name)
+            if spec is not None and spec.secret:
+                v = "<set>" if v else ""
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def settings_table_markdown() -> str:
+    """The settings as a Markdown table (variable, default, meaning), grouped like :data:`SETTINGS`."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    group = None
+    for s in SETTINGS:
+        if s.group != group:
+            group = s.group
+            lines.append(f"| **{group}** | | |")
+        name = f"`{s.env}`" + "".join(f" (alias `{a}`)" for a in s.aliases)
+        default = f"`{s.default}`" if s.default != "" else "(empty)"
+        lines.append(f"| {name} | {default} | {s.help.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m ml_backend.settings -> the README table
+    print(settings_table_markdown())
