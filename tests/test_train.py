@@ -1,3 +1,5 @@
+import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -78,50 +80,77 @@ def test_lr_schedule_warmup_and_restarts():
     assert lr_at(70, cfg) == pytest.approx(1.0)  # next period is 40
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_agree_on_weights(tmp_path):
+@pytest.mark.parametrize("stage", ["train", "pretrain"])
+def test_torchrun_two_processes_agree_on_weights(tmp_path, stage):
+    """A 2-process gloo run on CPU finishes, and both ranks hold identical weights afterwards."""
+    if stage == "train":
+        call = ("from training.train import TrainConfig, fine_tune\n"
+                f"cfg = TrainConfig(out_dir={str(tmp_path / 'ddp')!r}, variant='micro', steps=3, batch_size=2,\n"
+                "                  workers=0, log_every=1, val_every=1000, save_every=1000, device='cpu', warmup_steps=1)\n"
+                "fine_tune(data, None, cfg, model=model, log=lambda s: None)\n")
+    else:
+        call = ("from training.pretrain import PretrainConfig, pretrain\n"
+                f"cfg = PretrainConfig(out_dir={str(tmp_path / 'ddp')!r}, variant='micro', steps=3, batch_size=2,\n"
+                "                     workers=0, log_every=1, save_every=1000, device='cpu', warmup_steps=1)\n"
+                "pretrain(data, cfg, model=model, log=lambda s: None)\n")
     script = tmp_path / "run.py"
     script.write_text(
-        "import sys, torch, torch.distributed as dist\n"
-        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "from conftest import toy_forgery\n"
-        "from training.train import TrainConfig, fine_tune\n"
-        "data = [toy_forgery(i, 64, 2) for i in range(8)]\n"
-        f"cfg = TrainConfig(out_dir={str(tmp_path / 'ddp')!r}, variant='micro', steps=3, batch_size=2, workers=0,\n"
-        "                  log_every=1, val_every=1000, save_every=1000, device='cpu', warmup_steps=1)\n"
-        "fine_tune(data, None, cfg, log=lambda s: None)\n"
-        "from training.train import dist\n"
-        "import hashlib\n"
-        "import training.train as T\n"
-        "rank = dist.get_rank()\n"
-        "from safire.build import build_safire\n"
-        "m = build_safire(checkpoint=cfg.out_dir + '/last.pt') if rank == 0 else None\n"
-        "dist.barrier()\n"
-        "dist.destroy_process_group()\n"
-    )
-    # Each rank dumps a hash of its live weights through a tiny hook in the script below.
-    script2 = tmp_path / "run2.py"
-    script2.write_text(
         "import sys, hashlib, torch, torch.distributed as dist\n"
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
         "from conftest import toy_forgery\n"
         "from safire.build import build_safire\n"
-        "from training.train import TrainConfig, fine_tune\n"
         "torch.set_num_threads(1)\n"
         "data = [toy_forgery(i, 64, 2) for i in range(8)]\n"
         "model = build_safire('micro')\n"
-        f"cfg = TrainConfig(out_dir={str(tmp_path / 'ddp')!r}, variant='micro', steps=3, batch_size=2, workers=0,\n"
-        "                  log_every=1, val_every=1000, save_every=1000, device='cpu', warmup_steps=1)\n"
-        "res = fine_tune(data, None, cfg, model=model, log=lambda s: None)\n"
-        "h = hashlib.sha1(b''.join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()\n"
-        f"open({str(tmp_path)!r} + f'/rank{{dist.get_rank()}}.txt', 'w').write(h)\n"
+        "digest = lambda: hashlib.sha1(b''.join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()\n"
+        f"open({str(tmp_path)!r} + f'/init{{__import__(\"os\").environ[\"RANK\"]}}.txt', 'w').write(digest())\n"
+        + call +
+        f"open({str(tmp_path)!r} + f'/rank{{dist.get_rank()}}.txt', 'w').write(digest())\n"
         "dist.destroy_process_group()\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", str(script2)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(_free_port()), str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     h0 = (tmp_path / "rank0.txt").read_text()
     h1 = (tmp_path / "rank1.txt").read_text()
     assert h0 == h1
-    assert (tmp_path / "ddp" / "last.pt").is_file()
+    # the weights moved (training happened), and the saved checkpoint is rank 0's model
+    assert h0 != (tmp_path / "init0.txt").read_text()
+    saved = build_safire(checkpoint=str(tmp_path / "ddp" / "last.pt"))
+    assert hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in saved.parameters())).hexdigest() == h0
+
+
+def test_pretrain_trains_only_the_encoder_and_lowers_the_contrastive_loss(tmp_path):
+    from training.pretrain import PretrainConfig, pretrain
+
+    data = [toy_forgery(i, 64, 2 + i % 2) for i in range(12)]
+    torch.manual_seed(0)
+    model = build_safire("micro")
+    dec_before = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
+    cfg = PretrainConfig(out_dir=str(tmp_path / "pre"), variant="micro", steps=60, batch_size=4, lr=2e-3,
+                         warmup_steps=2, workers=0, log_every=10, save_every=1000, device="cpu", seed=0,
+                         augment=False)
+    res = pretrain(data, cfg, model=model, log=lambda s: None)
+    hist = [h["r2r"] for h in res.history]
+    assert len(hist) == 6 and hist[-1] < 0.7 * hist[0]
+    m = build_safire(checkpoint=res.last_checkpoint)
+    assert m.meta["provenance"]["stage"] == "r2r-pretrain" and m.meta["provenance"]["step"] == 60
+    for k, v in m.mask_decoder.state_dict().items():
+        assert torch.equal(v, dec_before[k]), k
+    # the pretrained encoder is a valid starting point for point-prompt training
+    res2 = fine_tune(data, None, _cfg(tmp_path, steps=2, out_dir=str(tmp_path / "ft"), init_checkpoint=res.last_checkpoint))
+    assert Path(res2.last_checkpoint).is_file()
+    # resume continues the step count
+    cfg2 = dataclasses.replace(cfg, steps=64, resume=True)
+    assert pretrain(data, cfg2, log=lambda s: None).steps == 64
