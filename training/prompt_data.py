@@ -82,7 +82,7 @@ class PromptTrainingSet(Dataset):
             if rng.random() < 0.5:
                 image, labels = image[:, ::-1], labels[:, ::-1]
         S = cfg.img_size
-        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        img = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float()
         if img.shape[-2:] != (S, S):
             img = F.interpolate(img, size=(S, S), mode="bilinear", align_corners=False).clamp_(0, 255)
         lab_s = resize_labels(np.ascontiguousarray(labels), S)
