@@ -304,7 +304,7 @@ class Backend:
         t0 = time.perf_counter()
         data = self.fetcher.fetch(url, task_id)
         t1 = time.perf_counter()
-        image = load_image(data, max_pixels=self.settings.max_pixels, name=display_url(url))
+        image = load_image(data, max_pixels=self.settings.max_pixels, name=display_url(url), exif_transpose=True)
         self.metrics.stage("fetch", t1 - t0)
         self.metrics.stage("decode_image", time.perf_counter() - t1)
         return image

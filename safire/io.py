@@ -20,11 +20,13 @@ class ImageLoadError(ValueError):
 
 
 def load_image(source: Union[str, os.PathLike, bytes], max_pixels: int = DEFAULT_MAX_PIXELS,
-               name: str = "") -> np.ndarray:
+               name: str = "", exif_transpose: bool = False) -> np.ndarray:
     """Decode an image file or bytes to HxWx3 uint8 RGB.
 
-    EXIF orientation is *not* applied: forensic masks refer to the stored pixel grid, and Label
-    Studio draws the stored grid too. The pixel count is checked from the header before decoding.
+    By default EXIF orientation is *not* applied: results refer to the stored pixel grid (what
+    ``safire predict`` writes). ``exif_transpose=True`` turns the pixels the way a browser shows
+    them (Label Studio's editor draws the EXIF-oriented image, so its masks are in that frame).
+    The pixel count is checked from the header before decoding.
 
     Raises:
         ImageLoadError: unreadable, truncated, not an image, or more than ``max_pixels`` pixels.
@@ -52,6 +54,11 @@ def load_image(source: Union[str, os.PathLike, bytes], max_pixels: int = DEFAULT
             raise ImageLoadError(f"{label} is too large to decode safely: {e}") from e
         except Exception as e:
             raise ImageLoadError(f"cannot decode {label} as an image: {type(e).__name__}: {e}") from e
+        if exif_transpose:
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # a broken EXIF block: keep the stored orientation
+                pass
     if img.mode in ("I;16", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1)).astype(np.uint8)

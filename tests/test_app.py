@@ -272,6 +272,27 @@ def test_one_bad_task_in_three_gives_one_empty_prediction(client, caplog):
     assert any("task 12" in rec.getMessage() for rec in caplog.records)
 
 
+def test_exif_rotated_jpeg_is_predicted_in_the_orientation_label_studio_shows(client, ls):
+    """Browsers (so Label Studio's editor) apply EXIF orientation; masks must be in that frame."""
+    import io
+
+    from PIL import Image
+
+    raw = Image.fromarray(np.random.default_rng(3).integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 320x240, shown rotated by 90 degrees: 240 wide, 320 high
+    buf = io.BytesIO()
+    raw.save(buf, "JPEG", exif=exif)
+    ls.files["/data/upload/1/rotated-exif6.jpg"] = buf.getvalue()
+    config = MULTI.replace('safire_sources="auto"', 'safire_sources="2"')
+    r = client.post("/predict", json={"tasks": [{"id": 21, "data": {"image": "/data/upload/1/rotated-exif6.jpg"}}],
+                                      "project": "1.1795310459", "label_config": config, "params": {"context": None}})
+    (res,) = r.json["results"]
+    assert res["result"] and "error" not in res
+    for region in res["result"]:
+        assert (region["original_width"], region["original_height"]) == (240, 320)
+
+
 def test_predict_empty_tasks_and_bad_tasks_field(client):
     r = client.post("/predict", json={"tasks": [], "label_config": FIXTURE_CONFIG, "project": "1.1"})
     assert r.status_code == 200 and r.json["results"] == []
