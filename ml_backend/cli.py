@@ -3,6 +3,7 @@
     safire predict IMAGE|DIR|GLOB ... --out DIR      partition images (safire.cli)
     safire synth --out DIR --n N                     synthetic multi-source forgeries (training.synth)
     safire train ...                                 train / fine-tune (training.train)
+    safire evaluate --data DIR [--checkpoint CK]     held-out metrics (training.evaluate)
     safire export EXPORT.json --out DIR              Label Studio export -> dataset (ml_backend.export)
     safire serve                                     the Label Studio ML backend (gunicorn)
 
@@ -20,6 +21,7 @@ COMMANDS = {
     "synth": ("training.synth", "generate synthetic multi-source forgeries"),
     "train": ("training.train", "train or fine-tune a SAFIRE model"),
     "pretrain": ("training.pretrain", "region-to-region contrastive pretraining of the encoder"),
+    "evaluate": ("training.evaluate", "held-out metrics of a model on a dataset (model-card table)"),
     "export": ("ml_backend.export", "turn a Label Studio export into a training dataset"),
     "serve": ("ml_backend.serve", "run the Label Studio ML backend"),
 }

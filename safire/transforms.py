@@ -37,7 +37,10 @@ def check_image(image: np.ndarray) -> np.ndarray:
 def squash_resize(image: np.ndarray, size: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """HxWx3 uint8 RGB -> 1x3xSxS float32 in [0, 255] (bilinear, aspect ratio not kept)."""
     image = check_image(image)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device=device)
+    arr = np.ascontiguousarray(image)
+    if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. decoded PIL buffers)
+        arr = arr.copy()
+    x = torch.from_numpy(arr).to(device=device)
     x = x.permute(2, 0, 1).unsqueeze(0).float()
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)

@@ -12,6 +12,9 @@ map of the paper's Table 1). Metrics:
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -85,7 +88,7 @@ def evaluate_partition(
         if forged:
             summary[key] = mean(key)
     for k in sorted({r["k_true"] for r in forged}):
-        for key in ("miou_auto", "ari_auto", "miou_k", "ari_k"):
+        for key in ("miou_auto", "ari_auto", "miou_k", "ari_k", "f1_fixed", "f1_best"):
             summary[f"{key}@{k}"] = mean(key, lambda r, k=k: r["k_true"] == k)
     if forged and authentic:
         scores = [r["score"] for r in rows]
@@ -94,6 +97,64 @@ def evaluate_partition(
         summary["image_bacc"] = M.balanced_accuracy(scores, labels)
     if authentic:
         summary["auth_split_rate"] = float(np.mean([r["k_auto"] > 1 for r in authentic]))
+    for k in sorted({r["k_true"] for r in rows}):
+        summary[f"count@{k}"] = float(sum(r["k_true"] == k for r in rows))
     summary["count"] = float(len(rows))
     summary["seconds_per_image"] = (time.perf_counter() - t0) / max(len(rows), 1)
     return EvalResult(summary, rows)
+
+
+def format_table(summary: Dict[str, float]) -> str:
+    """The model-card table: one row per number of sources, then the image-level metrics."""
+    ks = sorted({int(k.split("@")[1]) for k in summary if "@" in k} - {1})
+    f = lambda key: f"{summary[key]:.3f}" if key in summary and summary[key] == summary[key] else "-"  # noqa: E731
+    lines = ["| sources | images | mIoU, K given | ARI, K given | mIoU, K estimated | ARI, K estimated | "
+             "binary F1 @0.5 | binary F1 best |", "|---|---|---|---|---|---|---|---|"]
+    for k in ks:
+        n = int(summary.get(f"count@{k}", 0))
+        lines.append(f"| {k} | {n} | {f(f'miou_k@{k}')} | {f(f'ari_k@{k}')} | {f(f'miou_auto@{k}')} | "
+                     f"{f(f'ari_auto@{k}')} | {f(f'f1_fixed@{k}')} | {f(f'f1_best@{k}')} |")
+    lines.append("")
+    lines.append("| image-level AUC (forged vs authentic) | balanced accuracy @0.5 | authentic images split "
+                 "into several sources | authentic images | seconds per image |")
+    lines.append("|---|---|---|---|---|")
+    lines.append(f"| {f('image_auc')} | {f('image_bacc')} | {f('auth_split_rate')} | "
+                 f"{int(summary.get('count@1', 0))} | {f('seconds_per_image')} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m training.evaluate --checkpoint CK --data DIR [DIR ...]``: held-out metrics table."""
+    from safire.build import build_safire
+
+    from .datasets import open_dataset
+    from .prompt_data import ConcatReader
+
+    p = argparse.ArgumentParser(prog="safire evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="weights (default: the embedded model)")
+    p.add_argument("--data", nargs="+", required=True, help="dataset folder(s) or list file(s)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    p.add_argument("--grid", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="write summary and per-image rows to this file")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model = build_safire(checkpoint=args.checkpoint, device=args.device, use_default=args.checkpoint is None)
+    data = ConcatReader([open_dataset(d) for d in args.data])
+    res = evaluate_partition(model, data, limit=args.limit, grid_size=args.grid, seed=args.seed)
+    print(f"model {model.meta.get('model_version')}, {int(res.summary['count'])} images, grid {args.grid}, "
+          f"seed {args.seed}")
+    print(format_table(res.summary))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"model_version": model.meta.get("model_version"), "summary": res.summary,
+                       "per_image": res.per_image}, fh, indent=1, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
