@@ -1,12 +1,13 @@
 # Two commands do all the set-up (see README):
 #   make serve   create .venv if needed, then run the Label Studio ML backend on the embedded model
-#   make test    create .venv if needed, then run the whole test suite
+#   make test    create .venv if needed, then run the whole test suite (unit tests, then the
+#                end-to-end suite against a real Label Studio: see docs/e2e.md; SAFIRE_E2E=0 skips it)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: env serve test test-fast bench clean-env
+.PHONY: env serve test test-fast e2e ls-env screenshots bench clean-env
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,17 @@ test: env
 
 test-fast: env
 	$(PY) -m pytest -q tests -m "not slow and not e2e"
+
+# Label Studio 1.23.2 in its own venv outside the repo (${SAFIRE_LS_VENV:-~/.cache/safire-studio/ls-venv})
+ls-env:
+	bash scripts/labelstudio.sh install
+
+e2e: env
+	$(PY) -m pytest -q tests/e2e
+
+# docs/screenshots/*.png from a real Label Studio in headless Chromium (apt-get install -y chromium)
+screenshots: env
+	$(PY) scripts/screenshots.py
 
 bench: env
 	$(PY) benchmarks/bench_inference.py

@@ -455,3 +455,48 @@ class Backend:
                 os.killpg(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: both servers for manual testing
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python tests/e2e/harness.py up [--ls-port N] [--backend-port N]``: Label Studio + backend
+    until Ctrl-C, with a throwaway data dir; prints the URLs, the login and the token."""
+    import argparse
+    import tempfile
+
+    p = argparse.ArgumentParser(prog="tests/e2e/harness.py")
+    p.add_argument("command", choices=["up"])
+    p.add_argument("--ls-port", type=int, default=None)
+    p.add_argument("--backend-port", type=int, default=None)
+    p.add_argument("--workdir", default=None, help="data dir, files and logs (default: a new temp dir)")
+    args = p.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="safire-ls-"))
+    ls = LabelStudio(work, work / "files", work / "label-studio.log", port=args.ls_port)
+    backend = None
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        ls.start()
+        client = ls.client()
+        backend = Backend(ls.url, client.pat, work / "models", work / "backend.log", port=args.backend_port).start()
+        print(f"Label Studio  {ls.url}  (user {USERNAME} / {PASSWORD})\n"
+              f"backend       {backend.url}  (connect it in a project: Settings > Model)\n"
+              f"local files   {ls.files_root}  (/data/local-files/?d=<path below it>)\n"
+              f"API token     {client.pat}\nlogs          {work}\nCtrl-C stops both.", flush=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if backend is not None:
+            backend.stop()
+        ls.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
