@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from harness import Backend, LabelStudio, LSClient
-from runlog import RUN, Timer, record
+from .harness import Backend, LabelStudio, LSClient
+from .runlog import RUN, Timer, record
 
 HERE = Path(__file__).resolve().parent
 KEEP_RUNS = 5

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import REPO, safire_command
-from runlog import RUN, Timer, record, wait_until
-from scenario import (
+from .harness import REPO, safire_command
+from .runlog import RUN, Timer, record, wait_until
+from .scenario import (
     ConfigView,
     Sample,
     annotation_result,
