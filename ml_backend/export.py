@@ -426,6 +426,10 @@ class LabelStudioClient:
             r = self._get(target, auth=auth)
         except Exception as exc:  # requests.RequestException and friends
             raise ImageFetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        if r.status_code == 404 and "/data/local-files" in urlparse(target).path:
+            # Label Studio 1.23.2: 404 unless the project has a Local Storage covering the file's folder
+            raise ImageFetchError(f"{url}: HTTP 404 (Label Studio serves local files only to projects with "
+                                  "a Local Storage whose path contains them; or use --images-root)")
         if r.status_code != 200:
             raise ImageFetchError(f"{url}: HTTP {r.status_code}")
         return r.content

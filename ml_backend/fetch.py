@@ -487,6 +487,15 @@ class ImageFetcher:
                 if code in (401, 403):
                     raise AuthError(self._auth_message(code, url))
                 if code == 404:
+                    if "/data/local-files" in urlparse(url).path:
+                        # Label Studio 1.23.2 answers 404 to a local file of a project without a Local
+                        # Storage covering its folder, even with local-files serving enabled
+                        raise NotFoundError(
+                            f"{display_url(original)} not found (HTTP 404 from {display_url(url)}): Label Studio "
+                            "serves /data/local-files/ only to projects with a Local Storage (Settings > Cloud "
+                            "Storage > Add Source Storage > Local files) whose path contains the file; or set "
+                            "LOCAL_FILES_SERVING_ENABLED and LOCAL_FILES_DOCUMENT_ROOT on the backend to read it "
+                            "from disk")
                     raise NotFoundError(
                         f"{display_url(original)} not found (HTTP 404 from {display_url(url)}): was the file "
                         "deleted, or does LABEL_STUDIO_URL point to another Label Studio?")

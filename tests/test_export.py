@@ -579,6 +579,9 @@ def test_live_errors(tmp_path, fake_ls, capsys):
         client.fetch_image("/data/upload/1/other.png")
     with pytest.raises(ImageFetchError, match="task id"):
         client.fetch_image("s3://bucket/key.png")
+    # real Label Studio 404s local files of a project without a Local Storage (tests/e2e): say so
+    with pytest.raises(ImageFetchError, match="HTTP 404.*Local Storage"):
+        client.fetch_image("/data/local-files/?d=set/img.png")
     # the token is only sent to Label Studio's own host: same server, other host name
     seen.clear()
     other = url.replace("127.0.0.1", "localhost") + "/data/upload/1/8e5f7079-test2.jpg"

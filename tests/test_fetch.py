@@ -398,6 +398,17 @@ def test_local_files_without_root_are_downloaded_from_label_studio(ls):
     assert f.fetch("/data/local-files/?d=set1/img.png") == b"from-ls"
 
 
+def test_local_file_404_explains_the_local_storage_label_studio_needs(ls):
+    # Label Studio 1.23.2 answers 404 to /data/local-files/ unless the project has a Local Storage
+    # covering the file's folder (found by tests/e2e): the error must say so, not "was it deleted?"
+    with pytest.raises(NotFoundError, match="Local Storage") as e:
+        fetcher_for(ls.url).fetch("/data/local-files/?d=nowhere/img.png")
+    assert "LOCAL_FILES_DOCUMENT_ROOT" in str(e.value)
+    with pytest.raises(NotFoundError) as e:
+        fetcher_for(ls.url).fetch("/data/upload/1/missing.png")
+    assert "Local Storage" not in str(e.value)
+
+
 def test_base_url_with_path_prefix_is_not_doubled():
     server = FakeLabelStudioMedia(prefix="/label-studio")
     try:
