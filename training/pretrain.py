@@ -36,7 +36,7 @@ from safire.modeling import Safire
 
 from .losses import r2r_contrastive_loss
 from .prompt_data import IGNORE, random_crop, resize_labels
-from .train import TrainResult, _collate, dist_init, lr_at
+from .train import ResumableSampler, TrainResult, _collate, dist_init, lr_at
 
 
 @dataclass
@@ -156,6 +156,7 @@ def pretrain(
         sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     else:
         sampler = RandomSampler(data, generator=torch.Generator().manual_seed(cfg.seed))
+    sampler = ResumableSampler(sampler, cfg.seed)
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         collate_fn=_collate, drop_last=len(data) // world >= cfg.batch_size)
     net: torch.nn.Module = _Encoder(model)
@@ -166,28 +167,28 @@ def pretrain(
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    step, epoch, history = 0, 0, []
+    step, epoch, epoch_step, history = 0, 0, 0, []
     if resume_state:
         opt.load_state_dict(resume_state["optimizer"])
         step, epoch = int(resume_state["step"]), int(resume_state["epoch"])
         history = list(resume_state.get("history") or [])
+        epoch_step = int(resume_state.get("epoch_step", 0))
+        sampler.skip_next(epoch_step * cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     version = cfg.model_version or f"{variant}-pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
     provenance = {"stage": "r2r-pretrain", "pretrain_config": dataclasses.asdict(cfg), "world_size": world,
                   "init": cfg.init_checkpoint or model.meta.get("model_version")}
 
     def save() -> None:
-        state = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "history": history[-200:]}
+        state = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "epoch_step": epoch_step,
+                 "history": history[-200:]}
         save_checkpoint(model, out / "last.pt", variant=variant, config=model.config, model_version=version,
                         provenance={**provenance, "step": step}, extra={"train_state": state})
 
     t_start, seen, window = time.perf_counter(), 0, []
     while step < cfg.steps:
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         data.set_epoch(epoch)
-        if isinstance(sampler, RandomSampler):
-            sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         for batch in loader:
             if step >= cfg.steps:
                 break
@@ -203,6 +204,7 @@ def pretrain(
             scaler.step(opt)
             scaler.update()
             step += 1
+            epoch_step += 1
             seen += batch["image"].shape[0] * world
             window.append(float(loss.detach()))
             if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
@@ -215,7 +217,8 @@ def pretrain(
                     progress({"steps": cfg.steps, **rec})
             if is_main and (step % cfg.save_every == 0 or step == cfg.steps):
                 save()
-        epoch += 1
+        else:
+            epoch, epoch_step = epoch + 1, 0
     if world > 1:
         dist.barrier()
     elapsed = time.perf_counter() - t_start

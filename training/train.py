@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from safire.build import build_safire, resolve_device
 from safire.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
@@ -136,6 +137,35 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / period))
 
 
+class ResumableSampler(Sampler):
+    """Wraps a sampler so that a resumed run continues mid-epoch where the interrupted one stopped.
+
+    ``skip_next(n)`` makes the next pass start at position ``n`` of the epoch's (seeded) order; only
+    indices are skipped, no sample is loaded for them. Other passes are the base sampler's.
+    """
+
+    def __init__(self, base: Sampler, seed: int) -> None:
+        self.base = base
+        self._seed = int(seed)  # a RandomSampler's order in epoch e is seeded with seed * 1000 + e
+        self._skip = 0
+
+    def skip_next(self, n: int) -> None:
+        self._skip = max(0, int(n))
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+        if isinstance(self.base, RandomSampler):
+            self.base.generator = torch.Generator().manual_seed(self._seed * 1000 + epoch)
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        return itertools.islice(iter(self.base), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
 def _collate(batch: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
 
@@ -204,6 +234,7 @@ def fine_tune(
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
     else:
         sampler = RandomSampler(train_set, replacement=False, generator=torch.Generator().manual_seed(cfg.seed))
+    sampler = ResumableSampler(sampler, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         collate_fn=_collate, drop_last=len(train_set) // world >= cfg.batch_size,
                         persistent_workers=False)
@@ -216,7 +247,7 @@ def fine_tune(
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    step, epoch = 0, 0
+    step, epoch, epoch_step = 0, 0, 0
     best_val: Dict[str, float] = {}
     history: List[Dict[str, float]] = []
     if resume_state:
@@ -224,6 +255,9 @@ def fine_tune(
         step, epoch = int(resume_state["step"]), int(resume_state["epoch"])
         best_val = dict(resume_state.get("best_val") or {})
         history = list(resume_state.get("history") or [])
+        # batches already taken from the interrupted epoch (older checkpoints: derived from the step)
+        epoch_step = int(resume_state.get("epoch_step", step - epoch * len(loader)))
+        sampler.skip_next(epoch_step * cfg.batch_size)
 
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     version = cfg.model_version or f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -231,8 +265,8 @@ def fine_tune(
                   "init": cfg.init_checkpoint or model.meta.get("model_version")}
 
     def save(path: Path, metrics: Dict[str, float]) -> None:
-        state = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "best_val": best_val,
-                 "history": history[-200:]}
+        state = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "epoch_step": epoch_step,
+                 "best_val": best_val, "history": history[-200:]}
         save_checkpoint(model, path, variant=variant, config=mc, model_version=version,
                         provenance={**provenance, "step": step}, metrics=metrics,
                         extra={"train_state": state} if path.name == "last.pt" else None)
@@ -242,11 +276,8 @@ def fine_tune(
     window_loss: List[Dict[str, float]] = []
     last_val: Dict[str, float] = {}
     while step < cfg.steps:
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        if isinstance(sampler, RandomSampler):
-            sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         for batch in loader:
             if step >= cfg.steps:
                 break
@@ -273,6 +304,7 @@ def fine_tune(
             scaler.step(opt)
             scaler.update()
             step += 1
+            epoch_step += 1
             seen += images.shape[0] * world
             window_loss.append({k: float(v) for k, v in parts.items()})
             if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
@@ -301,7 +333,8 @@ def fine_tune(
                 save(out / "last.pt", last_val)
             if world > 1 and do_val:
                 dist.barrier()
-        epoch += 1
+        else:
+            epoch, epoch_step = epoch + 1, 0
     elapsed = time.perf_counter() - t_start
     if world > 1:
         dist.barrier()
