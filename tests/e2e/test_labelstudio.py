@@ -294,6 +294,7 @@ def test_retrieve_predictions_action(stack, projects):
         r = client.post("/api/dm/actions", {"selectedItems": {"all": True, "excluded": []}, "project": proj.id},
                         params={"id": "retrieve_tasks_predictions", "project": proj.id})
         assert _predict_calls(stack) == calls, "LS re-predicted tasks that have a current prediction"
+        RUN["notes"].append(f"{key}: Retrieve Predictions again, no /predict sent; LS answered {r}")
         assert all(len(predictions_of(client, tid)) == 1 for tid in proj.tasks)
         with Timer(f"backend inline reference: {key}"):
             for tid, sample in proj.tasks.items():
