@@ -284,9 +284,9 @@ class Backend:
             raise BadRequest("label_config is missing and no /setup was seen for this project")
         return known
 
-    def model(self, project: Optional[str]) -> Any:
+    def model(self, project: Optional[str], wait: bool = True) -> Any:
         try:
-            return self.registry.get(project)
+            return self.registry.get(project, wait=wait)
         except ValueError as e:  # an unusable project name: serve the base model
             log.warning("project %r: %s; using the base model", project, e)
             return self.registry.base
@@ -578,7 +578,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
             backend.metrics.count("setup_rejected")
             return _error(400, "Invalid label config", str(e), problems=e.problems)
         backend.remember_config(project, schema)
-        loaded = backend.model(project)
+        loaded = backend.model(project, wait=False)  # never wait for a new version to load (3 s budget)
         return jsonify({"model_version": loaded.version, "mode": spec.mode})
 
     # -- predict ----------------------------------------------------------------------------------

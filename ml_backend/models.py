@@ -113,6 +113,7 @@ class ModelRegistry:
         self._loaded: Dict[str, LoadedModel] = {}
         self._checked: Dict[str, float] = {}
         self._errors: Dict[str, str] = {}
+        self._loader_locks: Dict[str, threading.Lock] = {}
         model = build_safire(base_variant, base_checkpoint, device, use_default=base_checkpoint is None)
         self.base = LoadedModel(model, SafirePredictor(model, cache=self.cache),
                                 str(model.meta.get("model_version")), base_checkpoint or model.meta.get("checkpoint"))
@@ -127,8 +128,13 @@ class ModelRegistry:
         return LoadedModel(model, SafirePredictor(model, cache=self.cache), version, str(vdir / "model.pt"),
                            project, manifest=manifest)
 
-    def get(self, project: Optional[Any] = None) -> LoadedModel:
-        """The model serving ``project`` (the base model when none is published)."""
+    def get(self, project: Optional[Any] = None, wait: bool = True) -> LoadedModel:
+        """The model serving ``project`` (the base model when none is published).
+
+        A newly published version is loaded once (one loader per project at a time). With
+        ``wait=False`` (``/setup``, which Label Studio gives 3 s) the call never waits for that
+        load: it starts it in the background and answers with the model serving until now.
+        """
         if project is None or str(project) == "":
             return self.base
         project = safe_name(project, "project")
@@ -143,19 +149,32 @@ class ModelRegistry:
             return self.base
         if loaded is not None and loaded.version == version:
             return loaded
-        try:
-            new = self._load_version(project, version)
-        except Exception as e:  # a broken version never takes the service down
-            msg = f"cannot load {project}/{version}: {type(e).__name__}: {e}"
-            if self._errors.get(project) != msg:
-                log.error(msg)
-            self._errors[project] = msg
+        if not wait:
+            threading.Thread(target=self._load_current, args=(project, version), daemon=True,
+                             name=f"safire-load-{project}").start()
             return loaded or self.base
-        with self._lock:
-            self._loaded[project] = new
-            self._errors.pop(project, None)
-        log.info("project %s now served by model version %s", project, version)
-        return new
+        return self._load_current(project, version) or loaded or self.base
+
+    def _load_current(self, project: str, version: str) -> Optional[LoadedModel]:
+        """Load ``version`` for ``project`` unless it is loaded already; None if it cannot load."""
+        with self._loader_locks.setdefault(project, threading.Lock()):
+            with self._lock:
+                loaded = self._loaded.get(project)
+            if loaded is not None and loaded.version == version:
+                return loaded
+            try:
+                new = self._load_version(project, version)
+            except Exception as e:  # a broken version never takes the service down
+                msg = f"cannot load {project}/{version}: {type(e).__name__}: {e}"
+                if self._errors.get(project) != msg:
+                    log.error(msg)
+                self._errors[project] = msg
+                return None
+            with self._lock:
+                self._loaded[project] = new
+                self._errors.pop(project, None)
+            log.info("project %s now served by model version %s", project, version)
+            return new
 
     def versions(self, project: Any) -> Dict[str, Any]:
         project = safe_name(project, "project")

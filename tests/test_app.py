@@ -557,7 +557,7 @@ class BrokenRegistry:
         self.base = base
         self.cache = None
 
-    def get(self, project=None):
+    def get(self, project=None, wait=True):
         raise RuntimeError("secret internal detail")
 
     def versions(self, project):

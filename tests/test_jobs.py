@@ -132,3 +132,28 @@ def test_broken_published_version_keeps_previous_model(tmp_path, base_checkpoint
     publish_version(tmp_path / "m", "4", "broken", bad, {})
     assert registry.get("4").version == "micro-base"
     assert "cannot load" in registry.versions("4")["error"]
+
+
+def test_a_new_version_loads_in_the_background_when_the_caller_cannot_wait(tmp_path, base_checkpoint, monkeypatch):
+    """/setup (3 s budget in Label Studio) gets the serving model at once while a new one loads."""
+    import threading
+
+    registry = ModelRegistry(tmp_path / "models", base_checkpoint, poll_seconds=0)
+    publish_version(tmp_path / "models", "7", "v1", base_checkpoint, {"version": "v1"})
+    release = threading.Event()
+    slow_load = registry._load_version
+
+    def gated(project, version):
+        release.wait(10)
+        return slow_load(project, version)
+
+    monkeypatch.setattr(registry, "_load_version", gated)
+    t0 = time.perf_counter()
+    assert registry.get("7", wait=False).version == "micro-base"  # does not wait for the load
+    assert time.perf_counter() - t0 < 1.0
+    release.set()
+    assert registry.get("7").version == "v1"  # a waiting caller gets the new version
+    deadline = time.monotonic() + 10
+    while registry.get("7", wait=False).version != "v1" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert registry.get("7", wait=False).version == "v1"
