@@ -40,9 +40,12 @@ e2e: env
 screenshots: env
 	$(PY) scripts/screenshots.py
 
+# Measured tables for the README (run on a quiet machine; each prints a markdown table)
 bench: env
 	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_backend.py
 	$(PY) benchmarks/bench_rle.py
+	$(PY) benchmarks/bench_train.py
 
 clean-env:
 	rm -rf $(VENV)
