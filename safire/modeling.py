@@ -23,6 +23,7 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransfor
 from segment_anything.modeling.image_encoder import ImageEncoderViT, PatchEmbed
 
 from .config import SafireConfig
+from .fast_decoder import DecoderContext, build_context, two_way_shared, upscale_single_mask
 
 
 def highpass_fft(x: torch.Tensor, rate: float = 0.25) -> torch.Tensor:
@@ -98,7 +99,9 @@ class SafireMaskDecoder(MaskDecoder):
     - image embeddings are repeated over the prompt batch only when their batch size differs from
       the prompt batch (B images each with its own prompt can pass through, as in SAFIRE);
     - with ``multimask_output=False`` only mask token 0 is turned into a mask (SAM computes all four
-      and drops three), which saves a quarter of the final matmul.
+      and drops three), which saves a quarter of the final matmul;
+    - :meth:`forward_shared` decodes many prompts on one image through a per-image
+      :class:`~safire.fast_decoder.DecoderContext` (same outputs, a fraction of the work).
     """
 
     def forward(
@@ -109,9 +112,7 @@ class SafireMaskDecoder(MaskDecoder):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        tokens = self._tokens(sparse_prompt_embeddings)
         n = tokens.shape[0]
         src = image_embeddings
         if src.shape[0] != n:
@@ -119,11 +120,33 @@ class SafireMaskDecoder(MaskDecoder):
         src = src + dense_prompt_embeddings
         pos_src = image_pe.expand(n, -1, -1, -1)
         b, c, h, w = src.shape
-
         hs, src = self.transformer(src, pos_src, tokens)
+        return self._outputs(hs, src.transpose(1, 2).reshape(b, c, h, w), multimask_output)
+
+    def forward_shared(self, ctx: DecoderContext, sparse_prompt_embeddings: torch.Tensor,
+                       multimask_output: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decode B prompts against one image through its :class:`DecoderContext` (no mask prompt).
+
+        Equal to :meth:`forward` with the context's embedding (see :mod:`safire.fast_decoder`).
+        """
+        tokens = self._tokens(sparse_prompt_embeddings)
+        hs, src = two_way_shared(self.transformer, ctx, tokens)
+        b, n, c = src.shape
+        if multimask_output:
+            return self._outputs(hs, src.transpose(1, 2).reshape(b, c, *ctx.hw), multimask_output)
+        hyper = self.output_hypernetworks_mlps[0](hs[:, 1, :])
+        masks = upscale_single_mask(self.output_upscaling, src, ctx.hw, hyper)
+        return masks[:, None], self.iou_prediction_head(hs[:, 0, :])[:, :1]
+
+    def _tokens(self, sparse: torch.Tensor) -> torch.Tensor:
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
+        return torch.cat((output_tokens, sparse), dim=1)
+
+    def _outputs(self, hs: torch.Tensor, src: torch.Tensor, multimask_output: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.output_upscaling(src)
         b, c, h, w = upscaled.shape
         idx: List[int] = list(range(1, self.num_mask_tokens)) if multimask_output else [0]
         hyper_in = torch.stack(
@@ -208,12 +231,23 @@ class Safire(nn.Module):
         """Bx3xSxS float in [0, 255] RGB -> BxCxhxw image embedding."""
         return self.image_encoder(self.normalize(images))
 
+    def decoder_context(self, embedding: torch.Tensor) -> DecoderContext:
+        """Prompt-independent decoder state of one image (1xCxhxw embedding); reuse it for every
+        prompt on that image (:meth:`decode` builds it when not given)."""
+        if embedding.shape[0] != 1:
+            raise ValueError(f"a decoder context is built from one embedding, got batch {embedding.shape[0]}")
+        h, w = embedding.shape[-2:]
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return build_context(self.mask_decoder.transformer, embedding + dense, self.prompt_encoder.get_dense_pe())
+
     def decode(
         self,
         embedding: torch.Tensor,
         point_coords: Optional[torch.Tensor],
         point_labels: Optional[torch.Tensor],
         boxes: Optional[torch.Tensor] = None,
+        context: Optional[DecoderContext] = None,
+        fast: bool = True,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Decode prompts against one embedding (1xCxhxw, broadcast) or one embedding per prompt.
 
@@ -222,6 +256,9 @@ class Safire(nn.Module):
             point_coords: BxNx2 float, (x, y) pixels in the model frame, or None.
             point_labels: BxN float/long, 1 = positive, 0 = negative, -1 = padding; or None.
             boxes: Bx4 float (x0, y0, x1, y1) model-frame pixels, or None.
+            context: the embedding's :meth:`decoder_context` (one embedding only), to reuse it.
+            fast: with one embedding, use the shared-image path of :mod:`safire.fast_decoder`
+                (False: SAM's decoder as is, e.g. as a reference).
         Returns:
             logits: Bx(4h)x(4w) float mask logits (low resolution);
             scores: B float, the confidence (IoU-head output 0; trained to regress pixel accuracy).
@@ -230,13 +267,17 @@ class Safire(nn.Module):
         if point_coords is not None:
             points = (point_coords.float(), point_labels.float())
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
-        logits, scores = self.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        if fast and embedding.shape[0] == 1:
+            ctx = context if context is not None else self.decoder_context(embedding)
+            logits, scores = self.mask_decoder.forward_shared(ctx, sparse, multimask_output=False)
+        else:
+            logits, scores = self.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
         return logits[:, 0], scores[:, 0]
 
     def forward(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .cache import LRUCache
+from .fast_decoder import DecoderContext
 from .modeling import Safire
 from .transforms import box_to_model, check_image, points_to_model, squash_resize, upsample_logits
 
@@ -31,13 +32,16 @@ class ImageEmbedding:
     """The encoder output for one image.
 
     embedding: 1xCxhxw float32 on the model's device. orig_hw: (H, W) of the original image.
-    key: content key used by the cache.
+    key: content key used by the cache. context: the decoder's prompt-independent state for this
+    image (:class:`safire.fast_decoder.DecoderContext`), computed with the embedding and reused by
+    every click and grid prompt; it counts in the cache's byte size.
     """
 
     embedding: torch.Tensor
     orig_hw: Tuple[int, int]
     key: str
     encode_seconds: float = 0.0
+    context: Optional[DecoderContext] = None
 
 
 @dataclass
@@ -95,7 +99,8 @@ class SafirePredictor:
         t0 = time.perf_counter()
         x = squash_resize(image, self.img_size, self.device)
         emb = self.model.encode(x)
-        return ImageEmbedding(emb, (int(image.shape[0]), int(image.shape[1])), key, time.perf_counter() - t0)
+        ctx = self.model.decoder_context(emb)
+        return ImageEmbedding(emb, (int(image.shape[0]), int(image.shape[1])), key, time.perf_counter() - t0, ctx)
 
     def embed(self, image: np.ndarray, key: Optional[str] = None) -> Tuple[ImageEmbedding, bool]:
         """Embedding of ``image`` (HxWx3 uint8 RGB), from the cache when present.
@@ -153,7 +158,7 @@ class SafirePredictor:
             boxes = torch.from_numpy(box_to_model(box, emb.orig_hw, S)).to(dev)[None]
         if coords is None and boxes is None:
             raise ValueError("predict needs at least one point or a box")
-        logits, scores = self.model.decode(emb.embedding, coords, labels, boxes)
+        logits, scores = self.model.decode(emb.embedding, coords, labels, boxes, context=emb.context)
         full = upsample_logits(logits, emb.orig_hw)[0]
         prob = torch.sigmoid(full).cpu().numpy().astype(np.float32)
         return MaskPrediction(prob=prob, mask=prob > 0.5, score=float(scores[0]),

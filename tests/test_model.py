@@ -154,3 +154,46 @@ def test_forward_training_shapes(micro_model):
     pts = torch.rand(2, 6, 2) * 64
     logits, scores, emb = micro_model(imgs, pts, torch.ones(2, 6))
     assert logits.shape == (2, 6, 32, 32) and scores.shape == (2, 6) and emb.shape == (2, 32, 8, 8)
+
+
+@pytest.mark.parametrize("variant", ["micro", "tiny"])
+def test_shared_image_decoder_path_equals_sam_decoder(variant):
+    """safire.fast_decoder (per-image context, re-associated attention, channels-last upscaling)
+    gives SAM's decoder output: positive and negative points, boxes, points with a box, many prompts."""
+    from segment_anything.modeling.mask_decoder import MaskDecoder
+
+    torch.manual_seed(3)
+    m = build_safire(variant)
+    with torch.no_grad():  # non-zero biases everywhere, so every folded bias term is exercised
+        for p in m.mask_decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    S, e = m.config.img_size, m.embedding_size
+    emb = torch.randn(1, m.config.prompt_embed_dim, e, e)
+    ctx = m.decoder_context(emb)
+    cases = [
+        (torch.rand(7, 1, 2) * S, torch.ones(7, 1), None),
+        (torch.rand(3, 3, 2) * S, torch.tensor([[1.0, 0.0, 0.0]] * 3), None),
+        (None, None, torch.tensor([[4.0, 6.0, S / 2, S / 3]])),
+        (torch.rand(1, 2, 2) * S, torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 2.0, S - 3.0, S / 2]])),
+    ]
+    with torch.inference_mode():
+        for pts, lab, box in cases:
+            fast, fast_scores = m.decode(emb, pts, lab, box, context=ctx)
+            sparse, dense = m.prompt_encoder(points=(pts, lab) if pts is not None else None, boxes=box, masks=None)
+            ref, ref_iou = MaskDecoder.forward(m.mask_decoder, emb, m.prompt_encoder.get_dense_pe(), sparse, dense, False)
+            assert fast.shape == ref[:, 0].shape
+            assert torch.allclose(fast, ref[:, 0], atol=2e-5, rtol=1e-5)
+            assert torch.allclose(fast_scores, ref_iou[:, 0], atol=2e-6)
+
+
+def test_decoder_context_is_cached_with_the_embedding_and_counted(micro_model):
+    from safire.cache import tensor_bytes
+    from safire.predictor import SafirePredictor
+
+    pred = SafirePredictor(micro_model, cache_bytes=2**20)
+    img = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    emb, cached = pred.embed(img)
+    assert emb.context is not None and not cached
+    assert tensor_bytes(emb) > tensor_bytes(emb.embedding)  # the context's tensors are counted
+    again, cached = pred.embed(img)
+    assert cached and again.context is emb.context

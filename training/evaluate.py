@@ -58,7 +58,7 @@ def evaluate_partition(
             image, gt = item.image, np.asarray(item.labels)
             k_true = max(1, _num_sources(gt))
             emb, _ = predictor.embed(image)
-            grid = decode_grid(model, emb.embedding, grid_size)
+            grid = decode_grid(model, emb.embedding, grid_size, context=emb.context)
             hw = emb.orig_hw
             e = emb.embedding[0]
             S = model.config.img_size
