@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d)
         else:
             p.add_argument(flag, type=type(d) if d is not None else str, default=d)
+    p.add_argument("--split", default=None,
+                   help="read only this split of each --data folder (splits/NAME.txt, or a file of sample names)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
     p.add_argument("--threads", type=int, default=int(os.environ.get("SAFIRE_THREADS", "0")))
     return p
@@ -257,7 +259,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
-    res = pretrain(ConcatReader([open_dataset(d) for d in args.data]), cfg)
+    res = pretrain(ConcatReader([open_dataset(d, **({'split': args.split} if args.split else {})) for d in args.data]), cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"last": res.last_checkpoint, "steps": res.steps,
                           "images_per_second": round(res.images_per_second, 3)}))

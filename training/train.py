@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             typ = type(d) if d is not None else str
             p.add_argument(flag, type=typ, default=d)
+    p.add_argument("--split", default=None,
+                   help="read only this split of each --data folder (splits/NAME.txt, or a file of sample names)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
     p.add_argument("--threads", type=int, default=int(os.environ.get("SAFIRE_THREADS", "0")))
     return p
@@ -378,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    train = ConcatReader([open_dataset(d) for d in args.data])
+    train = ConcatReader([open_dataset(d, **({'split': args.split} if args.split else {})) for d in args.data])
     val = ConcatReader([open_dataset(d) for d in args.val]) if args.val else None
     res = fine_tune(train, val, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
