@@ -17,7 +17,6 @@ The Label Studio key comes from the environment (``LABEL_STUDIO_API_KEY``), neve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys

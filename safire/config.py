@@ -8,7 +8,7 @@ exercises every code path in milliseconds. All are built from the same modules.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

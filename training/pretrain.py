@@ -36,7 +36,7 @@ from safire.modeling import Safire
 
 from .losses import r2r_contrastive_loss
 from .prompt_data import IGNORE, random_crop, resize_labels
-from .train import ResumableSampler, TrainResult, _collate, dist_init, lr_at
+from .train import ResumableSampler, TrainResult, _collate, add_config_arguments, config_and_data, dist_init, lr_at
 
 
 @dataclass
@@ -234,32 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safire pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, nargs="+", help="dataset(s): folder, list file or JSON list")
-    defaults = PretrainConfig()
-    for f in dataclasses.fields(PretrainConfig):
-        if f.name == "resume":
-            continue
-        d = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(d, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d)
-        else:
-            p.add_argument(flag, type=type(d) if d is not None else str, default=d)
-    p.add_argument("--split", default=None,
-                   help="read only this split of each --data folder (splits/NAME.txt, or a file of sample names)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("SAFIRE_THREADS", "0")))
+    add_config_arguments(p, PretrainConfig)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .datasets import open_dataset
-    from .prompt_data import ConcatReader
-
-    args = build_parser().parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
-    res = pretrain(ConcatReader([open_dataset(d, **({'split': args.split} if args.split else {})) for d in args.data]), cfg)
+    cfg, data = config_and_data(build_parser().parse_args(argv), PretrainConfig)
+    res = pretrain(data, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"last": res.last_checkpoint, "steps": res.steps,
                           "images_per_second": round(res.images_per_second, 3)}))

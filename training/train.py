@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from safire.build import build_safire, resolve_device
-from safire.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
+from safire.checkpoint import read_checkpoint, save_checkpoint
 from safire.modeling import Safire
 
 from .evaluate import evaluate_partition
@@ -349,26 +349,43 @@ def fine_tune(
     return result
 
 
+def add_config_arguments(p: argparse.ArgumentParser, config_cls: type) -> None:
+    """One ``--flag`` per field of a run-config dataclass, plus ``--split``, ``--resume`` and
+    ``--threads`` (shared by ``safire train`` and ``safire pretrain``)."""
+    defaults = config_cls()
+    for f in dataclasses.fields(config_cls):
+        if f.name == "resume":
+            continue
+        d = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(d, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d)
+        else:
+            p.add_argument(flag, type=type(d) if d is not None else str, default=d)
+    p.add_argument("--split", default=None,
+                   help="read only this split of each --data folder (splits/NAME.txt, or a file of sample names)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("SAFIRE_THREADS", "0")))
+
+
+def config_and_data(args: argparse.Namespace, config_cls: type) -> tuple:
+    """(run config, training reader) from parsed ``add_config_arguments`` options; sets threads."""
+    from .datasets import open_dataset
+    from .prompt_data import ConcatReader
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+    kw = {"split": args.split} if args.split else {}
+    return cfg, ConcatReader([open_dataset(d, **kw) for d in args.data])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safire train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, nargs="+", help="training dataset(s) (folder, list file or JSON list)")
     p.add_argument("--val", nargs="*", default=None, help="validation dataset(s)")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("resume",):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        d = getattr(defaults, f.name)
-        if isinstance(d, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d)
-        else:
-            typ = type(d) if d is not None else str
-            p.add_argument(flag, type=typ, default=d)
-    p.add_argument("--split", default=None,
-                   help="read only this split of each --data folder (splits/NAME.txt, or a file of sample names)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("SAFIRE_THREADS", "0")))
+    add_config_arguments(p, TrainConfig)
     return p
 
 
@@ -377,10 +394,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .prompt_data import ConcatReader
 
     args = build_parser().parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    train = ConcatReader([open_dataset(d, **({'split': args.split} if args.split else {})) for d in args.data])
+    cfg, train = config_and_data(args, TrainConfig)
     val = ConcatReader([open_dataset(d) for d in args.val]) if args.val else None
     res = fine_tune(train, val, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
