@@ -4,6 +4,7 @@
     safire synth --out DIR --n N                     synthetic multi-source forgeries (training.synth)
     safire train ...                                 train / fine-tune (training.train)
     safire evaluate --data DIR [--checkpoint CK]     held-out metrics (training.evaluate)
+    safire calibrate --checkpoint CK --data DIR --out CK2   tune automatic mode (training.calibrate)
     safire export EXPORT.json --out DIR              Label Studio export -> dataset (ml_backend.export)
     safire serve                                     the Label Studio ML backend (gunicorn)
 
@@ -21,6 +22,7 @@ COMMANDS = {
     "synth": ("training.synth", "generate synthetic multi-source forgeries"),
     "train": ("training.train", "train or fine-tune a SAFIRE model"),
     "pretrain": ("training.pretrain", "region-to-region contrastive pretraining of the encoder"),
+    "calibrate": ("training.calibrate", "tune the automatic number of sources of a checkpoint on held-out data"),
     "evaluate": ("training.evaluate", "held-out metrics of a model on a dataset (model-card table)"),
     "export": ("ml_backend.export", "turn a Label Studio export into a training dataset"),
     "serve": ("ml_backend.serve", "run the Label Studio ML backend"),

@@ -7,7 +7,8 @@ Accepted files:
 - a bare state dict (``{param_name: tensor}``), with or without ``module.``;
 - our format ``{"format": "safire-studio", "format_version": 1, "model": state_dict, "meta": {...}}``
   where ``meta`` holds ``variant``, ``config`` (:class:`SafireConfig` fields), ``model_version``,
-  ``provenance`` (how the weights were made) and free-form ``metrics``.
+  ``provenance`` (how the weights were made), free-form ``metrics`` and optionally ``partition``
+  (automatic-mode settings calibrated for these weights).
 
 Every file is read with ``torch.load(..., weights_only=True)``: a checkpoint can never run code.
 """
@@ -149,11 +150,13 @@ def save_checkpoint(
     metrics: Optional[Dict[str, Any]] = None,
     half: bool = False,
     extra: Optional[Dict[str, Any]] = None,
+    partition: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write our format atomically (temporary file in the same folder, then rename).
 
     ``half=True`` stores floating tensors as float16 (they are cast back to float32 on load); this
-    halves the file of the embedded default model.
+    halves the file of the embedded default model. ``partition`` holds calibrated automatic-mode
+    settings (see ``safire calibrate``); the partition uses them for these weights.
     """
     sd = model.module.state_dict() if hasattr(model, "module") else model.state_dict()
     sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()) for k, v in sd.items()}
@@ -167,6 +170,7 @@ def save_checkpoint(
             "model_version": model_version,
             "provenance": provenance or {},
             "metrics": metrics or {},
+            **({"partition": dict(partition)} if partition else {}),
         },
     }
     if extra:

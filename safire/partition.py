@@ -42,6 +42,17 @@ from .predictor import ImageEmbedding, SafirePredictor
 from .transforms import grid_points, sample_logits_at, upsample_logits
 
 
+#: Automatic-mode settings a checkpoint may carry (``meta["partition"]``, written by
+#: ``safire calibrate``): they were tuned on held-out data for those weights.
+CALIBRATED_KEYS = ("single_source_threshold", "iou_threshold", "min_area", "max_sources", "dbscan_eps")
+
+
+def calibrated_defaults(model: Safire) -> Dict[str, float]:
+    """The partition settings stored with ``model``'s weights (empty for the official weights)."""
+    stored = (getattr(model, "meta", None) or {}).get("partition") or {}
+    return {k: stored[k] for k in CALIBRATED_KEYS if k in stored}
+
+
 @dataclass
 class PartitionResult:
     """Partition of one image into sources, at the output resolution ``H x W``.
@@ -288,7 +299,8 @@ def partition(
     """Partition an image (HxWx3 uint8 RGB, or its cached :class:`ImageEmbedding`).
 
     Output resolution is the original image's unless ``out_hw`` is given. Extra keyword arguments
-    go to :func:`partition_from_grid` (``seed``, ``method``, ``max_sources``, ...).
+    go to :func:`partition_from_grid` (``seed``, ``method``, ``max_sources``, ...); settings not
+    given come from the checkpoint's calibration (:func:`calibrated_defaults`), then the defaults.
     """
     t0 = time.perf_counter()
     emb = image if isinstance(image, ImageEmbedding) else predictor.embed(image)[0]
@@ -297,6 +309,6 @@ def partition(
     t2 = time.perf_counter()
     with torch.inference_mode():
         res = partition_from_grid(grid, emb.embedding[0], predictor.img_size, out_hw or emb.orig_hw,
-                                  num_sources, **kwargs)
+                                  num_sources, **{**calibrated_defaults(predictor.model), **kwargs})
     res.timings = {"encode": t1 - t0, "decode": t2 - t1, **res.timings, "total": time.perf_counter() - t0}
     return res

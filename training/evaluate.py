@@ -24,7 +24,7 @@ import torch
 
 from safire import metrics as M
 from safire.modeling import Safire
-from safire.partition import decode_grid, partition_from_grid
+from safire.partition import calibrated_defaults, decode_grid, partition_from_grid
 from safire.predictor import SafirePredictor
 
 
@@ -46,8 +46,13 @@ def evaluate_partition(
     limit: Optional[int] = None,
     grid_size: int = 16,
     seed: int = 0,
+    auto_settings: Optional[Dict[str, Any]] = None,
 ) -> EvalResult:
-    """Evaluate ``model`` on items with ``image`` (HxWx3 uint8) and ``labels`` (HxW, 255 ignore)."""
+    """Evaluate ``model`` on items with ``image`` (HxWx3 uint8) and ``labels`` (HxW, 255 ignore).
+
+    ``auto_settings`` overrides the automatic-mode settings (default: the checkpoint's calibration).
+    """
+    auto_kw = {**calibrated_defaults(model), **(auto_settings or {})}
     predictor = SafirePredictor(model, cache_bytes=0)
     n = len(data) if limit is None else min(limit, len(data))
     rows: List[Dict[str, Any]] = []
@@ -62,7 +67,7 @@ def evaluate_partition(
             hw = emb.orig_hw
             e = emb.embedding[0]
             S = model.config.img_size
-            auto = partition_from_grid(grid, e, S, hw, "auto", seed=seed)
+            auto = partition_from_grid(grid, e, S, hw, "auto", seed=seed, **auto_kw)
             row: Dict[str, Any] = {"name": getattr(item, "name", str(i)), "k_true": k_true,
                                    "k_auto": auto.num_sources, "score": auto.score}
             if k_true >= 2:

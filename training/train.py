@@ -269,7 +269,8 @@ def fine_tune(
                  "best_val": best_val, "history": history[-200:]}
         save_checkpoint(model, path, variant=variant, config=mc, model_version=version,
                         provenance={**provenance, "step": step}, metrics=metrics,
-                        extra={"train_state": state} if path.name == "last.pt" else None)
+                        extra={"train_state": state} if path.name == "last.pt" else None,
+                        partition=model.meta.get("partition"))  # the parent's calibration, if any
 
     t_start = time.perf_counter()
     seen = 0
