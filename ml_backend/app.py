@@ -76,6 +76,7 @@ MODEL_CLASS = "SafireBackend"
 _PROJECT_TS = re.compile(r"^\s*(\d+)\.\d+\s*$")
 _MAX_CONFIGS = 1000
 _PREWARM_QUEUE = 1000
+SETUP_LOAD_WAIT = 1.5  # seconds /setup waits for a newly published version to load (then: background)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,7 +285,7 @@ class Backend:
             raise BadRequest("label_config is missing and no /setup was seen for this project")
         return known
 
-    def model(self, project: Optional[str], wait: bool = True) -> Any:
+    def model(self, project: Optional[str], wait: Optional[float] = None) -> Any:
         try:
             return self.registry.get(project, wait=wait)
         except ValueError as e:  # an unusable project name: serve the base model
@@ -292,12 +293,21 @@ class Backend:
             return self.registry.base
 
     def tuning(self, spec: LabelConfigSpec, xml: str) -> Dict[str, Any]:
+        """Partition settings for a project: the config's ``safire_*`` attributes, else settings.
+
+        Binary projects use SAFIRE's binary path (two sources, paper Eq. 11) with the image-level
+        score deciding authentic images, unless ``safire_sources`` says otherwise.
+        """
         s = self.settings
-        return {
-            "num_sources": spec.num_sources if _explicit(xml, "safire_sources") else s.sources,
+        explicit = _explicit(xml, "safire_sources")
+        out: Dict[str, Any] = {
+            "num_sources": spec.num_sources if explicit else s.sources,
             "grid_size": spec.grid_size if _explicit(xml, "safire_grid") else s.grid,
             "seed": s.seed,
         }
+        if spec.mode == "binary" and not explicit:
+            out.update(num_sources=2, gate_authentic=True)
+        return out
 
     # -- images and embeddings --------------------------------------------------------------------
     def load(self, url: str, task_id: Any) -> np.ndarray:
@@ -353,8 +363,7 @@ class Backend:
         tune = self.tuning(spec, xml)
         t0 = time.perf_counter()
         with self.gate(False):
-            res = partition(loaded.predictor, emb, tune["num_sources"], grid_size=tune["grid_size"],
-                            seed=tune["seed"])
+            res = partition(loaded.predictor, emb, tune.pop("num_sources"), **tune)
         t1 = time.perf_counter()
         pred = partition_to_prediction(res, spec, loaded.version)
         self.metrics.stage("partition", t1 - t0)
@@ -578,7 +587,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
             backend.metrics.count("setup_rejected")
             return _error(400, "Invalid label config", str(e), problems=e.problems)
         backend.remember_config(project, schema)
-        loaded = backend.model(project, wait=False)  # never wait for a new version to load (3 s budget)
+        loaded = backend.model(project, wait=SETUP_LOAD_WAIT)  # Label Studio allows /setup 3 s
         return jsonify({"model_version": loaded.version, "mode": spec.mode})
 
     # -- predict ----------------------------------------------------------------------------------

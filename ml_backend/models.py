@@ -128,12 +128,13 @@ class ModelRegistry:
         return LoadedModel(model, SafirePredictor(model, cache=self.cache), version, str(vdir / "model.pt"),
                            project, manifest=manifest)
 
-    def get(self, project: Optional[Any] = None, wait: bool = True) -> LoadedModel:
+    def get(self, project: Optional[Any] = None, wait: Optional[float] = None) -> LoadedModel:
         """The model serving ``project`` (the base model when none is published).
 
-        A newly published version is loaded once (one loader per project at a time). With
-        ``wait=False`` (``/setup``, which Label Studio gives 3 s) the call never waits for that
-        load: it starts it in the background and answers with the model serving until now.
+        A newly published version is loaded once (one loader per project at a time). ``wait``
+        bounds how long the call waits for that load, in seconds (None: as long as it takes); when
+        it runs out (``/setup``, which Label Studio gives 3 s) the load goes on in the background
+        and the call answers with the model serving until now.
         """
         if project is None or str(project) == "":
             return self.base
@@ -149,11 +150,14 @@ class ModelRegistry:
             return self.base
         if loaded is not None and loaded.version == version:
             return loaded
-        if not wait:
-            threading.Thread(target=self._load_current, args=(project, version), daemon=True,
-                             name=f"safire-load-{project}").start()
-            return loaded or self.base
-        return self._load_current(project, version) or loaded or self.base
+        if wait is None:
+            return self._load_current(project, version) or loaded or self.base
+        result: Dict[str, Optional[LoadedModel]] = {}
+        worker = threading.Thread(target=lambda: result.update(new=self._load_current(project, version)),
+                                  daemon=True, name=f"safire-load-{project}")
+        worker.start()
+        worker.join(max(0.0, float(wait)))
+        return result.get("new") or loaded or self.base
 
     def _load_current(self, project: str, version: str) -> Optional[LoadedModel]:
         """Load ``version`` for ``project`` unless it is loaded already; None if it cannot load."""

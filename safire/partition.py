@@ -161,13 +161,17 @@ def partition_from_grid(
     single_source_threshold: float = 0.5,
     min_area: float = 0.002,
     dbscan_eps: float = 0.2,
+    gate_authentic: bool = False,
 ) -> PartitionResult:
     """Cluster decoded grid prompts and combine the winners (steps 2-5 of the module docstring).
 
     Args:
         num_sources: "auto" or a fixed K >= 1.
         method: "kmeans" (default for fixed K), "masks" (default for auto) or "dbscan" (auto only).
-        single_source_threshold: auto mode declares one source when the image score is below it.
+        single_source_threshold: auto mode declares one source when the image score is below it
+            (so does a fixed K with ``gate_authentic``).
+        gate_authentic: with a fixed K, an image whose score is below ``single_source_threshold``
+            is one source (authentic) instead of K; e.g. the binary path: K = 2 plus this gate.
         min_area: auto mode drops sources whose winner mask covers less than this image fraction.
     """
     t0 = time.perf_counter()
@@ -212,7 +216,9 @@ def partition_from_grid(
             raise ValueError("num_sources must be >= 1")
         if (method or "kmeans") != "kmeans":
             raise ValueError("a fixed number of sources uses method='kmeans'")
-        if len(idx_valid):
+        if len(idx_valid) and gate_authentic and score < single_source_threshold:
+            cluster_of[idx_valid] = 0
+        elif len(idx_valid):
             cluster_of[idx_valid], _ = kmeans_cosine(feats[idx_valid], k, seed=seed, n_init=n_init)
     winners = _winners(cluster_of, scores)
 

@@ -557,7 +557,7 @@ class BrokenRegistry:
         self.base = base
         self.cache = None
 
-    def get(self, project=None, wait=True):
+    def get(self, project=None, wait=None):
         raise RuntimeError("secret internal detail")
 
     def versions(self, project):
@@ -640,3 +640,26 @@ def test_interactive_context_with_empty_result_is_not_a_partition(client):
                                       "params": {"context": {"result": []}}})
     assert r.status_code == 200 and r.json["results"][0]["result"] == []
     assert "404" not in r.json["results"][0]["error"] and "context" in r.json["results"][0]["error"]
+
+
+def test_binary_projects_use_two_sources_with_the_authentic_gate(client, monkeypatch):
+    import safire.partition as P
+
+    calls = []
+    real = P.partition
+
+    def spy(predictor, image, num_sources="auto", **kw):
+        calls.append((num_sources, kw))
+        return real(predictor, image, num_sources, **kw)
+
+    monkeypatch.setattr(P, "partition", spy)
+    binary = open(os.path.join(ROOT, "label_config", "binary.xml")).read()
+    task = {"id": 31, "data": {"image": "/data/upload/1/df4da783-test1.png"}}
+    for config, expected in ((binary, (2, True)), (binary.replace('safire_grid="16"', 'safire_grid="4" safire_sources="3"'), (3, None)),
+                             (MULTI, ("auto", None))):
+        calls.clear()
+        r = client.post("/predict", json={"tasks": [task], "project": "1.1795310459", "label_config": config,
+                                          "params": {"context": None}})
+        assert r.status_code == 200 and "error" not in r.json["results"][0]
+        (num_sources, kw), = calls
+        assert (num_sources, kw.get("gate_authentic")) == expected

@@ -149,11 +149,14 @@ def test_a_new_version_loads_in_the_background_when_the_caller_cannot_wait(tmp_p
 
     monkeypatch.setattr(registry, "_load_version", gated)
     t0 = time.perf_counter()
-    assert registry.get("7", wait=False).version == "micro-base"  # does not wait for the load
+    assert registry.get("7", wait=0.2).version == "micro-base"  # gives up waiting for the load
     assert time.perf_counter() - t0 < 1.0
     release.set()
     assert registry.get("7").version == "v1"  # a waiting caller gets the new version
     deadline = time.monotonic() + 10
-    while registry.get("7", wait=False).version != "v1" and time.monotonic() < deadline:
+    while registry.get("7", wait=0).version != "v1" and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert registry.get("7", wait=False).version == "v1"
+    assert registry.get("7", wait=0).version == "v1"
+    # a quick load within the budget is answered at once
+    publish_version(tmp_path / "models", "7", "v2", base_checkpoint, {"version": "v2"})
+    assert registry.get("7", wait=5.0).version == "v2"

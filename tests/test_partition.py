@@ -80,6 +80,22 @@ def test_authentic_image_is_a_single_source():
     assert res.score < 0.05
 
 
+def test_fixed_two_sources_with_the_authentic_gate():
+    """The binary path: two sources, unless the image score says authentic."""
+    authentic = np.zeros((80, 80), np.uint8)
+    grid, emb = oracle_grid(authentic)
+    gated = partition_from_grid(grid, emb, S, authentic.shape, 2, gate_authentic=True)
+    assert gated.num_sources == 1 and (gated.heatmap == 0).all()
+    forged = make_gt(2)
+    grid, emb = oracle_grid(forged)
+    res = partition_from_grid(grid, emb, S, forged.shape, 2, gate_authentic=True)
+    assert res.num_sources == 2 and M.permuted_miou(res.labels, forged) > 0.9
+    # the gate is the score test: above the image's score it makes one source, without it k-means splits
+    strict = dict(single_source_threshold=min(1.0, res.score + 0.01))
+    assert partition_from_grid(grid, emb, S, forged.shape, 2, gate_authentic=True, **strict).num_sources == 1
+    assert partition_from_grid(grid, emb, S, forged.shape, 2, **strict).num_sources == 2
+
+
 def test_empty_masks_are_excluded_not_nan():
     gt = make_gt(2)
     grid, emb = oracle_grid(gt, empty=(0, 5, 17, 200))
