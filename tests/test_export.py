@@ -27,7 +27,7 @@ from ml_backend.rle import encode_rle
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_XML = (ROOT / "label_config" / "multi_source.xml").read_text()
 BINARY_XML = (ROOT / "label_config" / "binary.xml").read_text()
-EXPORT_FIXTURE = Path("/work/shared/fixtures/labelstudio-1.23.2-export.json")
+EXPORT_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "labelstudio-1.23.2-export.json"
 FIXTURE_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
   <BrushLabels name="mask" toName="image">

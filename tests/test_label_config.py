@@ -20,7 +20,7 @@ from ml_backend.label_config import (
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = ROOT / "label_config" / "multi_source.xml"
 BINARY = ROOT / "label_config" / "binary.xml"
-REQUESTS = Path("/work/shared/fixtures/labelstudio-1.23.2-requests.jsonl")
+REQUESTS = Path(__file__).resolve().parent / "fixtures" / "labelstudio-1.23.2-requests.jsonl"
 
 SOURCES = ("Source 1 (host)", "Source 2", "Source 3", "Source 4")
 

@@ -21,7 +21,7 @@ from ml_backend.rle import (
 
 brush = pytest.importorskip("label_studio_sdk.converter.brush")
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # copies of the captured Label Studio 1.23.2 payloads
 EXPORT_FIXTURE = FIXTURES / "labelstudio-1.23.2-export.json"
 
 
