@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: env serve test test-fast e2e ls-env screenshots bench clean-env
+.PHONY: env serve test test-fast e2e ls-env screenshots bench clean-env photos
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,3 +49,9 @@ bench: env
 
 clean-env:
 	rm -rf $(VENV)
+
+# The offline photo pool of `safire synth` (several hundred real photos from Debian packages, see
+# docs/photos.md) into ${SAFIRE_PHOTO_DIR:-~/.cache/safire-studio/photos}; needs apt-get (run
+# `apt-get update` once). Re-running is fast: packages already installed are skipped.
+photos: env
+	$(PY) scripts/install_photos.py

@@ -11,6 +11,9 @@ import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("SAFIRE_TEST_THREADS", "2")))
+# The suite uses only the 16 bundled photos, never an installed photo pool (`make photos`), so its
+# results do not depend on what is installed on the machine.
+os.environ["SAFIRE_PHOTO_POOL"] = "bundled"
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
