@@ -14,7 +14,6 @@ Public API: :func:`export_dataset`, :class:`ExportRules`, :class:`ExportManifest
 from __future__ import annotations
 
 import argparse
-import base64
 import inspect
 import io
 import json
@@ -22,8 +21,9 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
-from urllib.parse import parse_qs, unquote, urljoin, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 from PIL import Image
@@ -346,93 +346,86 @@ def _looks_like_jwt(key: str) -> bool:
 
 
 class LabelStudioClient:
-    """Minimal Label Studio REST client for exports and media (uses ``requests``).
+    """Minimal Label Studio REST client for exports and media, over the backend's one download path.
+
+    Everything goes through an :class:`ml_backend.fetch.ImageFetcher` (``docs/security.md``): images
+    only from Label Studio's host or ``allowed_hosts``, addresses checked per connection, every
+    redirect hop checked, byte and time limits, task ids validated before a presign URL is built,
+    the key sent to Label Studio's host only.
 
     ``api_key`` is a legacy token (sent as ``Authorization: Token <key>``) or a Personal Access
     Token (a JWT refresh token: exchanged at ``POST /api/token/refresh/`` for an access token
     sent as ``Authorization: Bearer <access>``, refreshed once on HTTP 401).
+
+    Args:
+        url: Label Studio's base URL (``http(s)://host[:port][/prefix]``, no credentials).
+        timeout: seconds for API calls (the export can take a while).
+        session: a guarded ``requests.Session`` (default: one per thread).
+        download: download settings (:func:`ml_backend.settings.download_settings`: allowed hosts
+            and networks, byte and pixel limits, fetch timeout); default: from the environment.
     """
 
-    def __init__(self, url: str, api_key: str, timeout: float = 60.0, session=None):
-        import requests
+    def __init__(self, url: str, api_key: str, timeout: float = 60.0, session=None, download: Any = None):
+        from ml_backend.fetch import FetchError, ImageFetcher
+        from ml_backend.settings import SettingsError, download_settings, redact
 
         if not re.match(r"^https?://", url or ""):
-            raise ExportError(f"Label Studio URL must start with http:// or https://, got {url!r}")
+            raise ExportError(f"Label Studio URL must start with http:// or https://, got {redact(str(url))!r}")
+        if "@" in urlparse(url).netloc:
+            raise ExportError("the Label Studio URL must not contain credentials (user:password@): "
+                              "pass the API key with --api-key")
         if not api_key:
             raise ExportError("an API key is needed to talk to Label Studio (--api-key)")
         self.url = url.rstrip("/")
-        self.api_key = api_key
         self.timeout = timeout
-        self.session = session or requests.Session()
-        self._access: Optional[str] = None
+        try:
+            base = download if download is not None else download_settings()
+            settings = SimpleNamespace(**{**vars(base), "label_studio_url": self.url, "label_studio_api_key": api_key})
+            self.fetcher = ImageFetcher(settings, session=session)
+        except (SettingsError, FetchError) as e:
+            raise ExportError(str(e)) from None
+        self.max_pixels = int(getattr(settings, "max_pixels", 40_000_000))
         self.is_pat = _looks_like_jwt(api_key)
-
-    # -- auth -------------------------------------------------------------------------
-    def _refresh(self) -> str:
-        r = self.session.post(f"{self.url}/api/token/refresh/", json={"refresh": self.api_key},
-                              timeout=self.timeout)
-        if r.status_code != 200:
-            raise ExportError(f"personal access token refresh failed: HTTP {r.status_code} {r.text[:200]}")
-        self._access = r.json()["access"]
-        return self._access
-
-    def auth_header(self) -> Dict[str, str]:
-        if self.is_pat:
-            return {"Authorization": f"Bearer {self._access or self._refresh()}"}
-        return {"Authorization": f"Token {self.api_key}"}
-
-    def _get(self, url: str, auth: bool = True, **kw):
-        headers = self.auth_header() if auth else {}
-        r = self.session.get(url, headers=headers, timeout=self.timeout, **kw)
-        if r.status_code == 401 and auth and self.is_pat:
-            self._access = None
-            r = self.session.get(url, headers=self.auth_header(), timeout=self.timeout, **kw)
-        return r
+        self._fetch_error = FetchError
 
     # -- API --------------------------------------------------------------------------
+    def _api(self, path: str, params: Optional[Dict[str, str]] = None) -> Any:
+        try:
+            return self.fetcher.api_get(path, params=params, timeout=self.timeout)
+        except self._fetch_error as e:
+            raise ExportError(f"GET {path}: {e}") from None
+
     def get_project(self, project_id: int) -> Dict[str, Any]:
-        r = self._get(f"{self.url}/api/projects/{int(project_id)}")
-        if r.status_code != 200:
-            raise ExportError(f"GET /api/projects/{project_id}: HTTP {r.status_code} {r.text[:200]}")
-        return r.json()
+        data = self._api(f"/api/projects/{_project_int(project_id)}")
+        if not isinstance(data, dict):
+            raise ExportError(f"GET /api/projects/{project_id}: not a project object")
+        return data
 
     def export_tasks(self, project_id: int, all_tasks: bool = False) -> List[Dict[str, Any]]:
         params = {"exportType": "JSON"}
         if all_tasks:
             params["download_all_tasks"] = "true"
-        r = self._get(f"{self.url}/api/projects/{int(project_id)}/export", params=params)
-        if r.status_code != 200:
-            raise ExportError(f"export of project {project_id} failed: HTTP {r.status_code} {r.text[:200]}")
-        data = r.json()
+        data = self._api(f"/api/projects/{_project_int(project_id)}/export", params=params)
         if not isinstance(data, list):
             raise ExportError("the export is not a JSON list of tasks")
         return data
 
     def fetch_image(self, url: str, task_id: Optional[int] = None) -> bytes:
-        u = urlparse(url)
-        if u.scheme in ("s3", "gs", "gcs", "azure-blob"):
-            if task_id is None:
-                raise ImageFetchError(f"{url}: cloud URIs need the task id to be presigned")
-            fileuri = base64.urlsafe_b64encode(url.encode()).decode()
-            target, auth = f"{self.url}/tasks/{int(task_id)}/presign/?fileuri={fileuri}", True
-        elif u.scheme in ("http", "https"):
-            target = url
-            auth = u.netloc == urlparse(self.url).netloc  # never leak the token elsewhere
-        elif url.startswith("/"):
-            target, auth = urljoin(self.url + "/", url.lstrip("/")), True
-        else:
-            raise ImageFetchError(f"{url}: cannot resolve this image URL")
+        from ml_backend.fetch import display_url
+
         try:
-            r = self._get(target, auth=auth)
-        except Exception as exc:  # requests.RequestException and friends
-            raise ImageFetchError(f"{url}: {type(exc).__name__}: {exc}") from None
-        if r.status_code == 404 and "/data/local-files" in urlparse(target).path:
-            # Label Studio 1.23.2: 404 unless the project has a Local Storage covering the file's folder
-            raise ImageFetchError(f"{url}: HTTP 404 (Label Studio serves local files only to projects with "
-                                  "a Local Storage whose path contains them; or use --images-root)")
-        if r.status_code != 200:
-            raise ImageFetchError(f"{url}: HTTP {r.status_code}")
-        return r.content
+            return self.fetcher.fetch(url, task_id)
+        except self._fetch_error as e:
+            raise ImageFetchError(f"{display_url(url)}: {e}") from None
+
+
+def _project_int(value: Any) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+        raise ExportError(f"project id must be a positive integer, got {str(value)[:40]!r}")
+    n = int(value)
+    if n < 1:
+        raise ExportError("project id must be a positive integer")
+    return n
 
 
 def _call_fetch(fetch: FetchImage, url: str, task_id: Any) -> bytes:
@@ -483,8 +476,12 @@ class _LoadedImage:
     pil: Image.Image
 
 
-def _load_image(data: bytes) -> _LoadedImage:
+def _load_image(data: bytes, max_pixels: int = 40_000_000) -> _LoadedImage:
     im = Image.open(io.BytesIO(data))
+    rw0, rh0 = im.size
+    if rw0 * rh0 > max_pixels:
+        raise ImageFetchError(f"image is {rw0}x{rh0} = {rw0 * rh0 / 1e6:.1f} MP, above the limit of "
+                              f"{max_pixels / 1e6:.1f} MP (SAFIRE_MAX_PIXELS)")
     im.load()
     try:
         orientation = int(im.getexif().get(0x0112, 1) or 1)
@@ -726,6 +723,7 @@ def export_dataset(
     seed: int = 0,
     overwrite: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    max_pixels: int = 40_000_000,
 ) -> ExportManifest:
     """Write the dataset of ``docs/dataset-format.md`` from a Label Studio JSON export.
 
@@ -735,6 +733,7 @@ def export_dataset(
     label_config: the project's config (XML or parsed spec): gives the brush tag, the label
         order (= raw source order) and the mode. Without it, ``labels`` gives the order, else
         the labels are collected from the export in order of first appearance.
+    max_pixels: images above this many pixels are skipped (checked from the header, before decoding).
     Every task ends up in ``manifest.samples`` or ``manifest.skipped`` (with a reason).
     """
     rules = rules or ExportRules()
@@ -794,7 +793,7 @@ def export_dataset(
             if not url or not isinstance(url, str):
                 raise _Skip("no_image_url", f"task data has no image URL (key {image_key or 'image'!r})")
             try:
-                img = _load_image(_call_fetch(fetch, url, tid))
+                img = _load_image(_call_fetch(fetch, url, tid), max_pixels)
             except Exception as exc:
                 raise _Skip("image_error", f"image failed to load: {exc}") from None
 
@@ -1009,6 +1008,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tasks,
             args.out,
             fetch_image=client.fetch_image if client is not None else None,
+            max_pixels=client.max_pixels if client is not None else 40_000_000,
             images_root=args.images_root,
             label_config=config_xml,
             labels=[x.strip() for x in args.labels.split(",")] if args.labels else None,

@@ -26,12 +26,33 @@ shortly before it expires (a 401 forces one refresh and retry); a JWT access tok
 ``Bearer`` as is; any other key is a legacy token sent as ``Authorization: Token <key>``. Keys are
 sent to the Label Studio host only, never logged and never put in error messages.
 
-Limits: ``SAFIRE_MAX_IMAGE_BYTES`` is enforced while streaming (the download aborts as soon as it is
-exceeded, and at once when ``Content-Length`` announces more), ``SAFIRE_FETCH_TIMEOUT`` bounds the
-connection and every wait for data (and 6x that the whole download), at most 5 redirects are followed
-and only to allowed hosts (presign redirects excepted, as above). Every failure raises a subclass of
-:class:`FetchError` whose message says what to fix; URLs in messages have their query strings removed
-(presigned URLs carry signatures) except the ``d=`` of local files.
+This is the one download path of the project: the backend's predictions and prewarm, ``safire
+export --project`` and the retraining jobs all fetch through an :class:`ImageFetcher`
+(``docs/security.md``). Its rules:
+
+* **hosts**: Label Studio's host (``LABEL_STUDIO_URL``, exact host and port) and the hosts of
+  ``SAFIRE_ALLOWED_HOSTS``; anything else is refused before a connection is made;
+* **addresses**: every connection goes through :mod:`ml_backend.netguard`: the name is resolved
+  once and each address checked (loopback and private addresses only for Label Studio's own host
+  or ``SAFIRE_ALLOWED_NETWORKS``; link-local, metadata and other non-public ones refused);
+* **redirects**: every hop is checked like the first URL; only the presign hop (Label Studio's
+  answer to ``/tasks/<id>/presign/``) may leave for a host that is not allowed by name (a storage
+  bucket), and only once; the API key is sent only while the request stays on Label Studio's host
+  and is never sent again after a hop left it;
+* **task ids** must be positive integers before they are put into a presign URL; Label Studio
+  paths with ``.``/``..`` segments or under ``/api/`` are refused (no authenticated request to
+  Label Studio's REST API can be made from task data);
+* **credentials**: URLs with ``user:password@`` are refused (task data, redirects and
+  ``LABEL_STUDIO_URL``); no proxy, ``.netrc`` or cookie is ever used;
+* **limits**: ``SAFIRE_MAX_IMAGE_BYTES`` is enforced while streaming (the download aborts as soon
+  as it is exceeded, and at once when ``Content-Length`` announces more), ``SAFIRE_FETCH_TIMEOUT``
+  bounds the connection and every wait for data (and 6x that the whole download), at most 5
+  redirects are followed; the pixel limit (``SAFIRE_MAX_PIXELS``) is checked from the image
+  header by whoever decodes the bytes (``safire.io.load_image``, the export).
+
+Every failure raises a subclass of :class:`FetchError` whose message says what to fix; URLs in
+messages have their query strings removed (presigned URLs carry signatures) except the ``d=`` of
+local files, and control characters escaped (they come from task data).
 """
 
 from __future__ import annotations
@@ -41,13 +62,16 @@ import binascii
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
-from urllib.parse import parse_qs, unquote_to_bytes, urljoin, urlparse, urlsplit
+from urllib.parse import parse_qs, unquote, unquote_to_bytes, urljoin, urlparse, urlsplit
 
 import requests
+
+from .netguard import AddressNotAllowed, AddressPolicy, guarded_session, host_of, parse_networks
 
 log = logging.getLogger("safire.fetch")
 
@@ -66,10 +90,13 @@ __all__ = [
     "TooLargeError",
     "UnreachableError",
     "display_url",
+    "log_text",
+    "task_id_int",
 ]
 
 CLOUD_SCHEMES = ("s3", "gs", "gcs", "azure-blob")
 MAX_REDIRECTS = 5
+MAX_TASK_ID = 2**63 - 1
 CHUNK = 64 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -150,22 +177,60 @@ class HTTPStatusError(FetchError):
 # ------------------------------------------------------------------------------------------------
 
 
+def _escape(text: str) -> str:
+    """Control characters (CR, LF, ESC, ...) as Python escapes, so they cannot forge log lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def log_text(value: Any, limit: int = 80) -> str:
+    """A request-supplied value (task id, project, action, ...) safe to put into a log line."""
+    text = value if isinstance(value, str) else repr(value)
+    text = _escape(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def display_url(url: str, limit: int = 160) -> str:
-    """A URL safe for logs and messages: no query string (except local-files ``d=``), no userinfo."""
+    """A URL safe for logs and messages: no query string (except local-files ``d=``), no userinfo,
+    control characters escaped."""
     if not isinstance(url, str):
-        return repr(url)[:limit]
+        return log_text(url, limit)
     if url[:5].lower() == "data:":
         return f"data: URI ({len(url)} characters)"
     try:
         p = urlsplit(url)
     except ValueError:
-        return url[:limit]
+        return log_text(url, limit)
     netloc = p.netloc.rsplit("@", 1)[-1]
     shown = f"{p.scheme}://{netloc}{p.path}" if p.scheme else p.path
     if p.query:
         d = parse_qs(p.query).get("d")
         shown += f"?d={d[0]}" if d and "local-files" in p.path else "?..."
+    shown = _escape(shown)
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def task_id_int(value: Any) -> int:
+    """A task id as a positive integer (int, or a string of digits); :class:`InvalidURLError` otherwise.
+
+    Task ids go into Label Studio URLs (``/tasks/<id>/presign/``), so nothing else may pass.
+    """
+    if isinstance(value, bool):
+        raise InvalidURLError(f"task id {log_text(value)} is not an integer: refused")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        n = int(value.strip())
+    else:
+        raise InvalidURLError(f"task id {log_text(value)} is not an integer: refused")
+    if not 1 <= n <= MAX_TASK_ID:
+        raise InvalidURLError(f"task id {n} is out of range: refused")
+    return n
+
+
+def has_userinfo(netloc: str) -> bool:
+    return "@" in netloc
 
 
 def _b64url_json(segment: str) -> Optional[Dict[str, Any]]:
@@ -208,15 +273,28 @@ class ImageFetcher:
     Args:
         settings: a :class:`ml_backend.settings.Settings` (or any object with the same attributes:
             label_studio_url, label_studio_api_key, allowed_hosts, local_files_document_root,
-            local_files_serving_enabled, fetch_timeout, max_image_bytes).
-        session: a ``requests.Session`` to use (default: a new one).
+            local_files_serving_enabled, fetch_timeout, max_image_bytes, max_pixels, allowed_networks).
+        session: a ``requests.Session`` to use (default: one guarded session per thread, see
+            :func:`ml_backend.netguard.guarded_session`; a session passed here must be guarded too).
+
+    Raises:
+        FetchConfigError: ``LABEL_STUDIO_URL`` carries credentials or is not an http(s) URL.
     """
 
     def __init__(self, settings: Any, session: Optional[requests.Session] = None) -> None:
-        self.base = (getattr(settings, "label_studio_url", "") or "").rstrip("/")
+        self.base = (getattr(settings, "label_studio_url", "") or "").strip().rstrip("/")
+        if self.base:
+            bp0 = urlsplit(self.base)
+            if bp0.scheme not in ("http", "https") or not bp0.netloc:
+                raise FetchConfigError("LABEL_STUDIO_URL must start with http:// or https:// and name a host")
+            if has_userinfo(bp0.netloc):
+                raise FetchConfigError(
+                    "LABEL_STUDIO_URL must not contain credentials (user:password@): refused; the backend "
+                    "authenticates with LABEL_STUDIO_API_KEY")
         self._key = getattr(settings, "label_studio_api_key", "") or ""
         self.timeout = float(getattr(settings, "fetch_timeout", 10.0))
         self.max_bytes = int(getattr(settings, "max_image_bytes", 50 * 2**20))
+        self.max_pixels = int(getattr(settings, "max_pixels", 40_000_000))
         root = getattr(settings, "local_files_document_root", None)
         serving = bool(getattr(settings, "local_files_serving_enabled", False))
         self.local_root = os.path.realpath(root) if root and serving else None
@@ -227,6 +305,11 @@ class ImageFetcher:
         self._ls_origin = f"{bp.scheme}://{bp.netloc}" if bp else ""
         self._ls_prefix = bp.path.rstrip("/") if bp else ""
         self.allowed_hosts = tuple(h.lower() for h in (getattr(settings, "allowed_hosts", ()) or ()))
+        networks = getattr(settings, "allowed_networks", ()) or ()
+        self.policy = AddressPolicy(
+            trusted_hosts=frozenset({host_of(self._ls_netloc)} if self._ls_netloc else set()),
+            allowed_networks=tuple(networks) if all(not isinstance(n, str) for n in networks)
+            else parse_networks(networks))
         self._shared_session = session
         self._local = threading.local()  # one requests.Session per thread (Session is not thread-safe)
         self._lock = threading.Lock()
@@ -242,7 +325,7 @@ class ImageFetcher:
             return self._shared_session
         sess = getattr(self._local, "session", None)
         if sess is None:
-            sess = self._local.session = requests.Session()
+            sess = self._local.session = guarded_session(self.policy)
         return sess
 
     # -- public ---------------------------------------------------------------------------------
@@ -272,29 +355,37 @@ class ImageFetcher:
                 raise FetchConfigError(
                     f"cloud storage URI {display_url(url)} can only be resolved through Label Studio's "
                     "presign endpoint, which needs the task id")
+            tid = task_id_int(task_id)
             self._need_base(url)
             enc = base64.urlsafe_b64encode(url.encode()).decode()
-            return Resolved("cloud", f"{self.base}/tasks/{task_id}/presign/?fileuri={enc}", auth=True)
+            return Resolved("cloud", f"{self.base}/tasks/{tid}/presign/?fileuri={enc}", auth=True)
         if scheme in ("http", "https"):
             if not p.netloc:
                 raise InvalidURLError(f"image URL {display_url(url)} has no host")
-            netloc = p.netloc.lower().rsplit("@", 1)[-1]
+            if has_userinfo(p.netloc):
+                raise InvalidURLError(
+                    f"image URL {display_url(url)} carries credentials (user:password@): refused")
+            netloc = p.netloc.lower()
             if self._ls_netloc and netloc == self._ls_netloc:
+                self._check_ls_path(p.path, url)
                 if self.local_root and p.path.startswith("/data/local-files"):
                     return Resolved("local", self._local_path(p.query, url))
                 return Resolved("upload", url, auth=True)
             if self._host_allowed(netloc):
                 return Resolved("http", url)
             raise HostNotAllowedError(
-                f"image host {netloc!r} of {display_url(url)} is not allowed: images are downloaded only "
+                f"image host {log_text(netloc)!r} of {display_url(url)} is not allowed: images are downloaded only "
                 f"from Label Studio ({self._ls_netloc or 'LABEL_STUDIO_URL is not set'}) and hosts listed "
                 "in SAFIRE_ALLOWED_HOSTS")
         if scheme:
             raise InvalidURLError(
-                f"unsupported URL scheme {scheme!r} in {display_url(url)}: use http(s), data:, "
+                f"unsupported URL scheme {log_text(scheme, 20)!r} in {display_url(url)}: use http(s), data:, "
                 "Label Studio uploads/local files or s3/gs/azure-blob storage")
+        if p.netloc or url.startswith("//"):
+            raise InvalidURLError(f"image URL {display_url(url)} has a host but no scheme: refused")
         # relative: a Label Studio media path
         path = url if url.startswith("/") else "/" + url
+        self._check_ls_path(urlsplit(path).path, url)
         if path.startswith("/data/local-files") and self.local_root:
             return Resolved("local", self._local_path(urlsplit(path).query, url))
         self._need_base(url)
@@ -313,6 +404,46 @@ class ImageFetcher:
             return self._read_local(r.target)
         return self._http_get(r.target, auth=r.auth, presign=r.kind == "cloud", original=url)
 
+    def api_get(self, path: str, params: Optional[Dict[str, str]] = None, timeout: Optional[float] = None) -> Any:
+        """``GET LABEL_STUDIO_URL + path`` of Label Studio's REST API, authenticated; the decoded JSON.
+
+        Used by the export and the retraining jobs (``/api/projects/<id>``, ``.../export``). Through
+        the same guarded session as images; redirects are not followed. Raises :class:`FetchError`
+        (``AuthError`` for 401/403, ``HTTPStatusError`` with the status otherwise).
+        """
+        if not path.startswith("/api/"):
+            raise InvalidURLError("api_get is for Label Studio's /api/ paths only")
+        self._need_base(path)
+        url = self.base + path
+        wait = float(timeout or self.timeout)
+        refreshed = False
+        while True:
+            headers = {"User-Agent": "safire-ml-backend", "Accept": "application/json"}
+            value = self._auth_header()
+            if value:
+                headers["Authorization"] = value
+            try:
+                r = self._session.get(url, params=params, headers=headers, allow_redirects=False,
+                                      timeout=(self.timeout, wait))
+            except AddressNotAllowed as e:
+                raise HostNotAllowedError(f"{display_url(url)}: {e}") from None
+            except requests.Timeout:
+                raise FetchTimeoutError(f"{display_url(url)} did not answer within {wait:g} s") from None
+            except requests.RequestException as e:
+                raise UnreachableError(self._unreachable_message(url, e)) from None
+            if r.status_code == 401 and self.auth_scheme == "refresh" and not refreshed:
+                refreshed = True
+                self._access_token(force=True)
+                continue
+            if r.status_code in (401, 403):
+                raise AuthError(self._auth_message(r.status_code, url, "request"))
+            if r.status_code != 200:
+                raise HTTPStatusError(f"{display_url(url)} answered HTTP {r.status_code}: {log_text(r.text, 200)}")
+            try:
+                return r.json()
+            except ValueError:
+                raise HTTPStatusError(f"{display_url(url)} did not answer JSON") from None
+
     # -- resolution helpers ----------------------------------------------------------------------
     def _need_base(self, url: str) -> None:
         if not self.base:
@@ -320,6 +451,18 @@ class ImageFetcher:
                 f"image URL {display_url(url)} is served by Label Studio, but LABEL_STUDIO_URL is not set: "
                 "set it to Label Studio's address as seen from the backend (not localhost inside docker) "
                 "and LABEL_STUDIO_API_KEY to an access token")
+
+    def _check_ls_path(self, path: str, url: str) -> None:
+        """Refuse Label Studio paths that would turn task data into an authenticated API call."""
+        decoded = unquote(unquote(path)).replace("\\", "/")
+        if "." in decoded.split("/") or ".." in decoded.split("/") or "\x00" in decoded:
+            raise InvalidURLError(f"image path {display_url(url)} contains '.' or '..' segments: refused")
+        rel = re.sub("/+", "/", decoded)
+        if self._ls_prefix and (rel == self._ls_prefix or rel.startswith(self._ls_prefix + "/")):
+            rel = rel[len(self._ls_prefix):]
+        if rel == "/api" or rel.startswith("/api/"):
+            raise InvalidURLError(
+                f"image path {display_url(url)} points to Label Studio's REST API, not to media: refused")
 
     def _host_allowed(self, netloc: str) -> bool:
         host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
@@ -445,6 +588,7 @@ class ImageFetcher:
         deadline = time.monotonic() + 6 * self.timeout
         refreshed = False
         hops = 0
+        presign_hop = presign  # the one hop that may leave Label Studio for a host not allowed by name
         while True:
             headers = {"User-Agent": "safire-ml-backend", "Accept": "image/*,*/*;q=0.8"}
             if auth:
@@ -454,6 +598,8 @@ class ImageFetcher:
             try:
                 resp = self._session.get(url, headers=headers, stream=True, allow_redirects=False,
                                          timeout=(self.timeout, self.timeout))
+            except AddressNotAllowed as e:
+                raise HostNotAllowedError(f"{display_url(url)}: {e}") from None
             except requests.Timeout:
                 raise FetchTimeoutError(
                     f"{display_url(url)} did not answer within {self.timeout:g} s (SAFIRE_FETCH_TIMEOUT)") from None
@@ -467,17 +613,28 @@ class ImageFetcher:
                     hops += 1
                     if hops > MAX_REDIRECTS:
                         raise HTTPStatusError(f"too many redirects fetching {display_url(original)}")
-                    nxt = urljoin(url, resp.headers["Location"])
-                    np_ = urlparse(nxt)
+                    try:
+                        nxt = urljoin(url, resp.headers["Location"])
+                        np_ = urlsplit(nxt)
+                    except ValueError:
+                        raise HostNotAllowedError(f"{display_url(url)} redirected to a malformed URL: refused") from None
                     if np_.scheme not in ("http", "https") or not np_.netloc:
                         raise HostNotAllowedError(f"{display_url(url)} redirected to a non-http URL: refused")
-                    netloc = np_.netloc.lower().rsplit("@", 1)[-1]
-                    same_ls = bool(self._ls_netloc) and netloc == self._ls_netloc
-                    if not (same_ls or self._host_allowed(netloc) or presign):
+                    if has_userinfo(np_.netloc):
                         raise HostNotAllowedError(
-                            f"{display_url(url)} redirected to {netloc!r}, which is neither Label Studio nor in "
-                            "SAFIRE_ALLOWED_HOSTS: refused")
-                    auth = auth and same_ls  # never send the key to another host
+                            f"{display_url(url)} redirected to a URL with credentials (user:password@): refused")
+                    netloc = np_.netloc.lower()
+                    here_ls = bool(self._ls_netloc) and urlsplit(url).netloc.lower() == self._ls_netloc
+                    same_ls = bool(self._ls_netloc) and netloc == self._ls_netloc
+                    if same_ls or self._host_allowed(netloc):
+                        pass
+                    elif presign_hop and here_ls:
+                        presign_hop = False  # Label Studio's presigned storage URL: followed once, without the key
+                    else:
+                        raise HostNotAllowedError(
+                            f"{display_url(url)} redirected to {log_text(netloc)}, which is neither Label Studio nor "
+                            "in SAFIRE_ALLOWED_HOSTS: refused")
+                    auth = auth and same_ls  # never send the key to another host, nor after leaving Label Studio
                     url = nxt
                     continue
                 if code == 401 and auth and self.auth_scheme == "refresh" and not refreshed:
@@ -505,7 +662,7 @@ class ImageFetcher:
                     raise HTTPStatusError(f"{display_url(url)} answered HTTP {code} instead of the image")
                 return self._read_body(resp, url, deadline)
 
-    def _auth_message(self, code: int, url: str) -> str:
+    def _auth_message(self, code: int, url: str, what: str = "image download") -> str:
         if not self._ls_netloc or urlparse(url).netloc.lower() != self._ls_netloc:
             return f"{display_url(url)} refused access (HTTP {code})"
         scheme = self.auth_scheme
@@ -517,7 +674,7 @@ class ImageFetcher:
                    "access token works everywhere")
         else:
             fix = "check LABEL_STUDIO_API_KEY (a personal access token of a user who can see this project)"
-        return f"Label Studio refused the image download {display_url(url)} (HTTP {code}): {fix}"
+        return f"Label Studio refused the {what} {display_url(url)} (HTTP {code}): {fix}"
 
     def _read_body(self, resp: requests.Response, url: str, deadline: float) -> bytes:
         limit = self.max_bytes
@@ -549,10 +706,3 @@ class ImageFetcher:
             raise HTTPStatusError(f"{display_url(url)} returned an empty body")
         return bytes(buf)
 
-
-def fetch_and_decode(fetcher: ImageFetcher, url: str, task_id: Any, max_pixels: int) -> Tuple[bytes, Any]:
-    """Convenience: fetch and decode to HxWx3 uint8 (raises FetchError or safire.io.ImageLoadError)."""
-    from safire.io import load_image
-
-    data = fetcher.fetch(url, task_id)
-    return data, load_image(data, max_pixels=max_pixels, name=display_url(url))

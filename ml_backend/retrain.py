@@ -4,11 +4,16 @@ Stages (each reported in the job record's ``progress``):
 
 1. export: the project's annotations from Label Studio (``GET /api/projects/<id>/export``) and
    their images, into a dataset folder (``docs/dataset-format.md``) with a seeded train/val split;
+   images are downloaded through the server's one download path (``ml_backend/fetch.py``, with the
+   download settings the server recorded in the job: allowed hosts and networks, limits);
 2. evaluate the parent model on the validation split;
 3. fine-tune the parent (the project's current version, or the base model) on the training split;
 4. evaluate the new model on the same validation split;
 5. publish ``MODEL_DIR/<project>/<version>/`` atomically with a manifest (metrics before/after,
    data counts, parent version, training config, timings) and make it current.
+
+The new version serves the project's next predictions and clicks; predictions already stored in
+Label Studio are not redone (run Retrieve Predictions again for that).
 
 Any failure marks the job failed with its error; nothing is published, the serving model stays.
 The Label Studio key comes from the environment (``LABEL_STUDIO_API_KEY``), never from the record.
@@ -58,10 +63,12 @@ def run_job(job: JobRecord) -> str:
     from training.train import TrainConfig, fine_tune
 
     from .export import LabelStudioClient, export_dataset
+    from .jobs import project_id
     from .models import publish_version
+    from .settings import DOWNLOAD_FIELDS, download_settings
 
     rec = job.rec
-    project = rec["project"]
+    project = project_id(rec["project"])
     train_cfg = rec.get("train", {})
     if int(train_cfg.get("threads", 0)) > 0:
         torch.set_num_threads(int(train_cfg["threads"]))
@@ -77,14 +84,18 @@ def run_job(job: JobRecord) -> str:
     key = os.environ.get("LABEL_STUDIO_API_KEY", "")
     if not url or not key:
         raise RuntimeError("retraining needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to export the project")
-    client = LabelStudioClient(url, key)
+    # the server's download rules (ml_backend/fetch.py): the same host, address, redirect and size checks
+    fetch_rules = rec.get("fetch") or {}
+    download = download_settings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fetch_rules.items()
+                                    if k in DOWNLOAD_FIELDS})
+    client = LabelStudioClient(url, key, download=download)
     label_config = rec.get("label_config")
     if not label_config:
         label_config = client.get_project(int(project)).get("label_config")
     tasks = client.export_tasks(int(project))
     manifest = export_dataset(tasks, str(work / "dataset"), client.fetch_image, label_config=label_config,
                               val_fraction=float(train_cfg.get("val_fraction", 0.2)), seed=0,
-                              log=lambda s: print(s, flush=True))
+                              log=lambda s: print(s, flush=True), max_pixels=client.max_pixels)
     counts = {"tasks": manifest.total, "samples": manifest.count, "skipped": len(manifest.skipped),
               "splits": dict(manifest.splits), "num_sources": manifest.num_sources_histogram}
     job.progress(stage="exported", data=counts)

@@ -582,12 +582,30 @@ def test_live_errors(tmp_path, fake_ls, capsys):
     # real Label Studio 404s local files of a project without a Local Storage (tests/e2e): say so
     with pytest.raises(ImageFetchError, match="HTTP 404.*Local Storage"):
         client.fetch_image("/data/local-files/?d=set/img.png")
-    # the token is only sent to Label Studio's own host: same server, other host name
+    # the export downloads like the backend (one fetch path): a host that is neither Label Studio
+    # nor allowed is refused before any request (same server, other host name)
     seen.clear()
     other = url.replace("127.0.0.1", "localhost") + "/data/upload/1/8e5f7079-test2.jpg"
-    with pytest.raises(ImageFetchError, match="HTTP 401"):
+    with pytest.raises(ImageFetchError, match="not allowed"):
         client.fetch_image(other)
+    assert seen == []
+    # allowed by name, it is fetched without the token (the key goes to Label Studio's host only),
+    # and only because its network is allowed too (localhost is not Label Studio's host name)
+    from ml_backend.settings import download_settings
+
+    port = url.rsplit(":", 1)[1]
+    with pytest.raises(ImageFetchError, match="loopback"):
+        LabelStudioClient(url, "legacy-token-123", download=download_settings(
+            {}, allowed_hosts=f"localhost:{port}")).fetch_image(other)
+    open_client = LabelStudioClient(url, "legacy-token-123", download=download_settings(
+        {}, allowed_hosts=f"localhost:{port}", allowed_networks="127.0.0.0/8,::1/128"))
+    with pytest.raises(ImageFetchError, match="HTTP 401"):
+        open_client.fetch_image(other)
     assert seen == [("/data/upload/1/8e5f7079-test2.jpg", None)]
+    with pytest.raises(ImageFetchError, match="task id"):
+        client.fetch_image("s3://bucket/key.png", task_id="1/../../api/projects/1/export")
+    with pytest.raises(ExportError, match="credentials"):
+        LabelStudioClient(url.replace("http://", "http://admin:pw@"), "k")
     assert client.fetch_image(url + "/data/upload/1/8e5f7079-test2.jpg")[:4] == b"\x89PNG"
     with pytest.raises(ExportError):
         LabelStudioClient("localhost:8080", "k")
