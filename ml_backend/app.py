@@ -29,12 +29,24 @@ Endpoints (all JSON; errors are ``{"status": code, "error": name, "message": tex
 ==========================  =====================================================================
 
 Projects are keyed by Label Studio's numeric id: the ``"<id>.<created timestamp>"`` strings of
-``/setup`` and ``/predict`` and the ``project.id`` of webhooks all map to ``"<id>"``.
+``/setup`` and ``/predict`` and the ``project.id`` of webhooks all map to ``"<id>"``; any other
+project value is a 400.
+
+Protections (``docs/security.md``): with ``BASIC_AUTH_USER/PASS`` every endpoint but ``/health``
+and ``/`` needs them; POST bodies must be JSON (``Content-Type: application/json``, so a web page
+cannot post to the backend from a browser without a CORS preflight); a server without basic auth
+on loopback answers only requests addressed to a loopback name (DNS rebinding); request-supplied
+strings are escaped in logs; label configs, sources, grid and tasks per request are capped (400);
+at most ``SAFIRE_MAX_JOBS`` retraining jobs run (429); job views hold no paths or URLs; there is
+no static file route.
 
 Embeddings are cached by image URL (the task id is only used to resolve cloud URIs) plus model
 version, so a pre-annotated or prewarmed image answers its first click without the encoder.
 Model computations are bounded by ``SAFIRE_COMPUTE_SLOTS``; clicks take a free slot before queued
-pre-annotation work.
+pre-annotation work. Decoding an image happens inside the same slot as its encoding (so at most
+that many full-resolution images are in memory at once), and a partition's per-source maps are
+computed at a working resolution bounded by :data:`PARTITION_MAP_BYTES`, then each region is
+scaled to the original size only when it is encoded.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import queue
 import re
 import threading
@@ -54,11 +67,11 @@ from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge, UnsupportedMediaType
 
 from safire.io import ImageLoadError, load_image
 
-from .fetch import FetchError, ImageFetcher, display_url
+from .fetch import FetchError, ImageFetcher, display_url, log_text
 from .label_config import LabelConfigError, LabelConfigSpec, parse_label_config
 from .predictions import (
     ContextError,
@@ -68,14 +81,19 @@ from .predictions import (
     partition_to_prediction,
     task_image_url,
 )
-from .settings import Settings
+from .settings import Settings, is_loopback_host
 
 log = logging.getLogger("safire.backend")
 
 MODEL_CLASS = "SafireBackend"
-_PROJECT_TS = re.compile(r"^\s*(\d+)\.\d+\s*$")
+_PROJECT_ID = re.compile(r"^\s*([1-9][0-9]{0,17})(?:\.[0-9]{1,20})?\s*$")
 _MAX_CONFIGS = 1000
+_MAX_CONFIG_BYTES_TOTAL = 16 * 2**20  # remembered label configs, all projects together
 _PREWARM_QUEUE = 1000
+PARTITION_MAP_BYTES = 256 * 2**20  # per-source maps of one partition (about 20 bytes per source and pixel)
+_WEBHOOK_ACTIONS = ("START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+_JOB_FIELDS = ("id", "project", "reason", "state", "created", "started", "finished", "progress", "error",
+               "version", "parent_version", "already_running")
 SETUP_LOAD_WAIT = 1.5  # seconds /setup waits for a newly published version to load (then: background)
 
 
@@ -85,14 +103,32 @@ SETUP_LOAD_WAIT = 1.5  # seconds /setup waits for a newly published version to l
 
 
 def project_key(value: Any) -> Optional[str]:
-    """``"12.1795310459"`` / ``12`` / ``{"id": 12}`` -> ``"12"``; None or empty -> None."""
+    """``"12.1795310459"`` / ``12`` / ``{"id": 12}`` -> ``"12"``; None or empty -> None.
+
+    Raises:
+        BadRequest: anything else (project ids are Label Studio's positive integers).
+    """
     if isinstance(value, Mapping):
         value = value.get("id")
-    if value is None or isinstance(value, bool):
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    s = str(value).strip()
-    m = _PROJECT_TS.match(s)
-    return m.group(1) if m else (s or None)
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        m = _PROJECT_ID.match(str(value))
+        if m:
+            return m.group(1)
+    raise BadRequest(f"invalid project id {log_text(value, 40)}: Label Studio project ids are positive integers")
+
+
+def work_hw(orig_hw: Tuple[int, int], max_sources: int, budget: int = PARTITION_MAP_BYTES) -> Tuple[int, int]:
+    """Resolution at which a partition keeps its per-source maps: the original size when K float32
+    maps (about 20 bytes per source and pixel with the combine step's temporaries) fit ``budget``,
+    else the largest size of the same aspect ratio that does."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    limit = max(1, budget // (20 * max(2, int(max_sources))))
+    if h * w <= limit:
+        return h, w
+    f = math.sqrt(limit / (h * w))
+    return max(1, int(h * f)), max(1, int(w * f))
 
 
 def embedding_key(url: str) -> str:
@@ -109,6 +145,13 @@ def parse_config(xml: Any) -> LabelConfigSpec:
     if not isinstance(xml, str):
         raise LabelConfigError(["the label config is missing or not a string"])
     return _parse_cached(xml)
+
+
+def config_size_problem(xml: Any, limit: int) -> Optional[str]:
+    if isinstance(xml, str) and len(xml) > limit // 4 and len(xml.encode("utf-8", "surrogatepass")) > limit:
+        return (f"the label config is {len(xml.encode('utf-8', 'surrogatepass'))} bytes, above "
+                f"SAFIRE_MAX_LABEL_CONFIG_BYTES ({limit})")
+    return None
 
 
 def _explicit(xml: str, attr: str) -> bool:
@@ -213,11 +256,25 @@ class Metrics:
                     "stages": {k: self._summary(v) for k, v in sorted(self.stage_latency.items())}}
 
 
+_URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
+_PATH_RE = re.compile(r"(?<![\w/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def _scrub(text: str) -> str:
+    """A job error message without URLs or file system paths (they stay in the job's log)."""
+    return _PATH_RE.sub("<path>", _URL_RE.sub("<url>", text))
+
+
 def _job_view(rec: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
-    """A job record without bulky or sensitive fields (label config, environment)."""
+    """What the API shows of a job record: state and progress, never paths, URLs or the config."""
     if rec is None:
         return None
-    return {k: v for k, v in rec.items() if k not in ("label_config", "env", "api_key")}
+    out = {k: rec[k] for k in _JOB_FIELDS if k in rec}
+    if isinstance(out.get("error"), str):
+        out["error"] = _scrub(out["error"])[:500]
+    if isinstance(out.get("progress"), Mapping):
+        out["progress"] = {k: v for k, v in out["progress"].items() if not isinstance(v, str) or k == "stage"}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,7 +296,10 @@ class Backend:
         self._jobs_error: Optional[str] = None
         self._jobs_lock = threading.Lock()
         self._configs: "OrderedDict[str, str]" = OrderedDict()
+        self._configs_bytes = 0
         self._configs_lock = threading.Lock()
+        self._submitting: set = set()
+        self._submitting_lock = threading.Lock()
         self._updates: Counter = Counter()
         self._updates_lock = threading.Lock()
         self._prewarm_q: "queue.Queue[Tuple[Optional[str], str, Any, str]]" = queue.Queue(_PREWARM_QUEUE)
@@ -266,14 +326,29 @@ class Backend:
         return self._jobs
 
     # -- label configs --------------------------------------------------------------------------
+    def check_config_size(self, xml: Any) -> None:
+        problem = config_size_problem(xml, self.settings.max_label_config_bytes)
+        if problem:
+            raise BadRequest(problem)
+
     def remember_config(self, project: Optional[str], xml: Any) -> None:
+        """Keep the project's label config (at most 1000 projects and 16 MiB, least recent dropped)."""
         if project is None or not isinstance(xml, str) or not xml.strip():
             return
+        self.check_config_size(xml)
         with self._configs_lock:
+            old = self._configs.pop(project, None)
+            if old is not None:
+                self._configs_bytes -= len(old)
             self._configs[project] = xml
-            self._configs.move_to_end(project)
-            while len(self._configs) > _MAX_CONFIGS:
-                self._configs.popitem(last=False)
+            self._configs_bytes += len(xml)
+            while self._configs and (len(self._configs) > _MAX_CONFIGS or self._configs_bytes > _MAX_CONFIG_BYTES_TOTAL):
+                _, dropped = self._configs.popitem(last=False)
+                self._configs_bytes -= len(dropped)
+
+    def configs_stats(self) -> Dict[str, int]:
+        with self._configs_lock:
+            return {"projects": len(self._configs), "bytes": self._configs_bytes}
 
     def config_for(self, project: Optional[str], xml: Any) -> str:
         if isinstance(xml, str) and xml.strip():
@@ -289,8 +364,19 @@ class Backend:
         try:
             return self.registry.get(project, wait=wait)
         except ValueError as e:  # an unusable project name: serve the base model
-            log.warning("project %r: %s; using the base model", project, e)
+            log.warning("project %s: %s; using the base model", log_text(project), log_text(str(e), 200))
             return self.registry.base
+
+    def check_tuning(self, spec: LabelConfigSpec, xml: str) -> List[str]:
+        """What in the config's ``safire_*`` attributes goes beyond the server's caps (empty: fine)."""
+        problems = []
+        s = self.settings
+        if _explicit(xml, "safire_sources") and isinstance(spec.num_sources, int) and spec.num_sources > s.max_sources:
+            problems.append(f"safire_sources={spec.num_sources} is above this server's SAFIRE_MAX_SOURCES "
+                            f"({s.max_sources})")
+        if _explicit(xml, "safire_grid") and spec.grid_size > s.max_grid:
+            problems.append(f"safire_grid={spec.grid_size} is above this server's SAFIRE_MAX_GRID ({s.max_grid})")
+        return problems
 
     def tuning(self, spec: LabelConfigSpec, xml: str) -> Dict[str, Any]:
         """Partition settings for a project: the config's ``safire_*`` attributes, else settings.
@@ -310,13 +396,11 @@ class Backend:
         return out
 
     # -- images and embeddings --------------------------------------------------------------------
-    def load(self, url: str, task_id: Any) -> np.ndarray:
+    def decode(self, data: bytes, url: str) -> np.ndarray:
+        """The image file's pixels (HxWx3 uint8, EXIF-oriented); the caller holds a compute slot."""
         t0 = time.perf_counter()
-        data = self.fetcher.fetch(url, task_id)
-        t1 = time.perf_counter()
         image = load_image(data, max_pixels=self.settings.max_pixels, name=display_url(url), exif_transpose=True)
-        self.metrics.stage("fetch", t1 - t0)
-        self.metrics.stage("decode_image", time.perf_counter() - t1)
+        self.metrics.stage("decode_image", time.perf_counter() - t0)
         return image
 
     @staticmethod
@@ -346,26 +430,36 @@ class Backend:
             emb = self.cached_embedding(loaded.predictor, key)
             if emb is not None:
                 return emb, True
-            image = self.load(url, task_id)
             t0 = time.perf_counter()
-            with self.gate(high):
+            data = self.fetcher.fetch(url, task_id)  # at most SAFIRE_MAX_IMAGE_BYTES per request thread
+            self.metrics.stage("fetch", time.perf_counter() - t0)
+            with self.gate(high):  # decoded pixels exist only inside a compute slot
+                image = self.decode(data, url)
+                del data
+                t1 = time.perf_counter()
                 emb, was_cached = loaded.predictor.embed(image, key=key)
+                del image
             if not was_cached:
-                self.metrics.stage("encode", time.perf_counter() - t0)
+                self.metrics.stage("encode", time.perf_counter() - t1)
             return emb, was_cached
 
     # -- predictions ------------------------------------------------------------------------------
     def preannotate(self, task: Mapping[str, Any], spec: LabelConfigSpec, xml: str, loaded: Any) -> Dict[str, Any]:
-        from safire.partition import partition
+        from safire.partition import calibrated_defaults, partition
 
         url = task_image_url(task, spec)
         emb, _ = self.embedding(loaded, url, task.get("id"), high=False)
         tune = self.tuning(spec, xml)
+        k = tune.pop("num_sources")
+        k_max = k if isinstance(k, int) else int({**calibrated_defaults(loaded.model), **tune}.get("max_sources", 4))
+        orig_hw = (int(emb.orig_hw[0]), int(emb.orig_hw[1]))
+        work = work_hw(orig_hw, k_max)
         t0 = time.perf_counter()
         with self.gate(False):
-            res = partition(loaded.predictor, emb, tune.pop("num_sources"), **tune)
+            res = partition(loaded.predictor, emb, k, out_hw=None if work == orig_hw else work, **tune)
         t1 = time.perf_counter()
-        pred = partition_to_prediction(res, spec, loaded.version)
+        pred = partition_to_prediction(res, spec, loaded.version, out_hw=orig_hw)
+        del res
         self.metrics.stage("partition", t1 - t0)
         self.metrics.stage("encode_rle", time.perf_counter() - t1)
         return pred
@@ -429,10 +523,11 @@ class Backend:
                 self.metrics.count("prewarm_done")
             except (FetchError, ImageLoadError) as e:
                 self.metrics.count("prewarm_failed")
-                log.warning("prewarm of %s (task %s) failed: %s", display_url(url), task_id, e)
+                log.warning("prewarm of %s (task %s) failed: %s", display_url(url), log_text(task_id),
+                            log_text(str(e), 500))
             except Exception:
                 self.metrics.count("prewarm_failed")
-                log.exception("prewarm of %s (task %s) failed", display_url(url), task_id)
+                log.exception("prewarm of %s (task %s) failed", display_url(url), log_text(task_id))
             finally:
                 with self._prewarm_lock:
                     self._prewarm_pending.discard(pkey)
@@ -474,6 +569,10 @@ def _body() -> Dict[str, Any]:
     limit = request.max_content_length
     if limit is not None and request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            f"the request body must be JSON sent as Content-Type: application/json (got "
+            f"{log_text(request.mimetype or 'none', 60)})")
     data = request.get_json(force=True, silent=True)
     if data is None:
         raw = request.get_data(cache=True)
@@ -504,7 +603,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
     if jobs is None:
         backend.jobs()  # created now so the first webhook is fast; a failure only disables training
 
-    app = Flask("safire_backend")
+    app = Flask("safire_backend", static_folder=None)  # no static route: every URL is an endpoint below
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -513,10 +612,20 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
     public = {"health", "index"}
 
     # -- request lifecycle ------------------------------------------------------------------------
+    check_host = settings.loopback_only and not settings.auth_enabled
+
     @app.before_request
     def _start() -> Optional[Response]:
         g.t0 = time.perf_counter()
         g.tasks = None
+        if check_host:
+            # no basic auth on loopback: only requests addressed to a loopback name, so a web page
+            # whose name re-resolves to 127.0.0.1 (DNS rebinding) cannot drive the backend
+            host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").startswith("[") \
+                else (request.host or "").split("]", 1)[0] + "]"
+            if not is_loopback_host(host):
+                return _error(403, "Forbidden", "this backend listens on loopback without authentication and "
+                              "answers only requests addressed to 127.0.0.1, ::1 or localhost")
         if settings.auth_enabled and request.endpoint not in public:
             auth = request.authorization
             ok = (auth is not None and auth.type == "basic"
@@ -534,7 +643,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
         backend.metrics.record(f"{request.method} {endpoint}", resp.status_code, dt)
         tasks = g.get("tasks")
-        log.info("%s %s %d %.0fms%s", request.method, request.path, resp.status_code, dt * 1000,
+        log.info("%s %s %d %.0fms%s", request.method, log_text(request.path, 120), resp.status_code, dt * 1000,
                  f" tasks={tasks}" if tasks is not None else "")
         return resp
 
@@ -556,8 +665,8 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         if isinstance(e, HTTPException):
             return _http_error(e)
         error_id = uuid.uuid4().hex[:12]
-        log.error("error %s on %s %s: %s: %s", error_id, request.method, request.path, type(e).__name__, e,
-                  exc_info=e)
+        log.error("error %s on %s %s: %s: %s", error_id, request.method, log_text(request.path, 120),
+                  type(e).__name__, log_text(str(e), 500), exc_info=e)
         return _error(500, "Internal Server Error", "the backend failed; see its log for this error id",
                       error_id=error_id)
 
@@ -581,11 +690,16 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         schema = body.get("schema", body.get("label_config"))
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("'schema' (the project's label config) is missing")
+        backend.check_config_size(schema)
         try:
             spec = parse_config(schema)
         except LabelConfigError as e:
             backend.metrics.count("setup_rejected")
             return _error(400, "Invalid label config", str(e), problems=e.problems)
+        over = backend.check_tuning(spec, schema)
+        if over:
+            backend.metrics.count("setup_rejected")
+            return _error(400, "Invalid label config", "; ".join(over), problems=over)
         backend.remember_config(project, schema)
         loaded = backend.model(project, wait=SETUP_LOAD_WAIT)  # Label Studio allows /setup 3 s
         return jsonify({"model_version": loaded.version, "mode": spec.mode})
@@ -598,6 +712,9 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         if not isinstance(tasks, list):
             raise BadRequest("'tasks' must be a list of Label Studio tasks")
         g.tasks = len(tasks)
+        if len(tasks) > settings.max_tasks:
+            raise BadRequest(f"{len(tasks)} tasks in one request, above SAFIRE_MAX_TASKS ({settings.max_tasks}): "
+                             "select fewer tasks for Retrieve Predictions")
         project = project_key(body.get("project"))
         if project is None and tasks and isinstance(tasks[0], Mapping):
             project = project_key(tasks[0].get("project"))
@@ -608,6 +725,9 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
             spec = parse_config(xml)
         except LabelConfigError as e:
             return _error(400, "Invalid label config", str(e), problems=e.problems)
+        over = backend.check_tuning(spec, xml)
+        if over:
+            return _error(400, "Invalid label config", "; ".join(over), problems=over)
         loaded = backend.model(project)
         version = loaded.version
         # LS sends context=null for pre-annotation; a context with "result" is a smart-tool call,
@@ -627,17 +747,18 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
                     backend.metrics.count("tasks_predicted")
             except ContextError as e:
                 backend.metrics.count("clicks_without_prompt")
-                log.info("task %s: %s", task_id, e)
+                log.info("task %s: %s", log_text(task_id), log_text(str(e), 300))
                 results.append(empty_prediction(version, error=str(e)))
             except (FetchError, ImageLoadError, ValueError) as e:
                 reason = getattr(e, "reason", "image" if isinstance(e, ImageLoadError) else "task")
                 backend.metrics.count(f"tasks_failed_{reason}")
-                log.warning("task %s: %s: %s", task_id, type(e).__name__, e)
+                log.warning("task %s: %s: %s", log_text(task_id), type(e).__name__, log_text(str(e), 500))
                 results.append(empty_prediction(version, error=str(e)))
             except Exception as e:
                 error_id = uuid.uuid4().hex[:12]
                 backend.metrics.count("tasks_failed_internal")
-                log.error("task %s: error %s: %s: %s", task_id, error_id, type(e).__name__, e, exc_info=e)
+                log.error("task %s: error %s: %s: %s", log_text(task_id), error_id, type(e).__name__,
+                          log_text(str(e), 500), exc_info=e)
                 results.append(empty_prediction(version, error=f"internal error {error_id}"))
         return jsonify({"results": results, "model_version": version})
 
@@ -650,22 +771,35 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         backend.metrics.count("jobs_submitted")
         return rec
 
-    def _submit_background(project: str, reason: str, xml: Optional[str]) -> None:
+    def _submit_background(project: str, reason: str, xml: Optional[str]) -> bool:
+        """Submit from a thread (webhooks must answer within 1 s); one pending submit per project."""
+        with backend._submitting_lock:
+            if project in backend._submitting or len(backend._submitting) >= 64:
+                return False
+            backend._submitting.add(project)
+
         def run() -> None:
             try:
                 rec = _submit(project, reason, xml)
                 log.info("project %s: retraining job %s (%s)%s", project, rec.get("id"), reason,
                          " already running" if rec.get("already_running") else "")
             except Exception as e:
-                log.error("project %s: cannot start retraining: %s: %s", project, type(e).__name__, e)
+                log.error("project %s: cannot start retraining: %s: %s", project, type(e).__name__,
+                          log_text(str(e), 300))
+            finally:
+                with backend._submitting_lock:
+                    backend._submitting.discard(project)
 
         threading.Thread(target=run, name="safire-submit", daemon=True).start()
+        return True
 
     @app.post("/webhook")
     def webhook() -> Tuple[Response, int]:
+        from .jobs import JobLimitError
+
         body = _body()
-        action = str(body.get("action") or "")
-        backend.metrics.count(f"webhook_{action or 'none'}")
+        action = body.get("action") if isinstance(body.get("action"), str) else ""
+        backend.metrics.count(f"webhook_{action if action in _WEBHOOK_ACTIONS else ('none' if not action else 'other')}")
         project_obj = body.get("project") if isinstance(body.get("project"), Mapping) else {}
         xml = project_obj.get("label_config") if isinstance(project_obj.get("label_config"), str) else None
         if action == "START_TRAINING":
@@ -675,6 +809,9 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
             backend.remember_config(project, xml)
             try:
                 rec = _submit(project, "START_TRAINING", xml)
+            except JobLimitError as e:
+                backend.metrics.count("jobs_refused_limit")
+                return _error(429, "Too Many Requests", str(e)), 429
             except ValueError as e:
                 raise BadRequest(str(e)) from None
             except RuntimeError as e:
@@ -693,8 +830,9 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
             n = backend.count_update(project)
             every = settings.start_training_each_n_updates
             if every > 0 and n % every == 0:
-                _submit_background(project, f"{every} annotation updates", xml)
-                return jsonify({"status": "ok", "updates": n, "training": "submitted"}), 201
+                started = _submit_background(project, f"{every} annotation updates", xml)
+                return jsonify({"status": "ok", "updates": n,
+                                "training": "submitted" if started else "a submit is already pending"}), 201
             return jsonify({"status": "ok", "updates": n,
                             "training": f"every {every} updates" if every > 0 else "on Start Training only"}), 201
         return jsonify({"status": "Unknown event"}), 200
@@ -713,6 +851,8 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         if manager is None:
             return _error(503, "Service Unavailable", f"retraining is unavailable: {backend._jobs_error}")
         key = project_key(project)
+        if key is None:
+            raise BadRequest("a project id is needed: GET /jobs/<project id>")
         try:
             rec = manager.get(key)
         except ValueError as e:
@@ -725,10 +865,16 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
 
     @app.get("/versions/<project>")
     def versions(project: str) -> Response:
+        key = project_key(project)
+        if key is None:
+            raise BadRequest("a project id is needed: GET /versions/<project id>")
         try:
-            return jsonify(registry.versions(project_key(project)))
+            out = dict(registry.versions(key))
         except ValueError as e:
             raise BadRequest(str(e)) from None
+        if isinstance(out.get("error"), str):
+            out["error"] = _scrub(out["error"])
+        return jsonify(out)
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -741,6 +887,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         snap["models"] = {"base": registry.base.version,
                           "projects": {p: m.version for p, m in list(loaded.items())}}
         snap["compute"] = backend.gate.stats()
+        snap["label_configs"] = backend.configs_stats()
         snap["prewarm_pending"] = backend._prewarm_q.qsize()
         snap["annotation_updates"] = backend.updates()
         manager = backend.jobs()
@@ -751,7 +898,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
                                 "latest": {str(r.get("project")): {"id": r.get("id"), "state": r.get("state")}
                                            for r in recs}}
             except Exception as e:
-                snap["jobs"] = {"error": f"{type(e).__name__}: {e}"}
+                snap["jobs"] = {"error": _scrub(f"{type(e).__name__}: {e}")}
         else:
             snap["jobs"] = {"error": backend._jobs_error}
         return jsonify(snap)
@@ -767,6 +914,9 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         tasks = body.get("tasks")
         if urls is None and tasks is None:
             raise BadRequest("give 'tasks' (Label Studio tasks) or 'urls' (image URLs)")
+        n = sum(len(v) for v in (urls, tasks) if isinstance(v, list))
+        if n > settings.max_tasks:
+            raise BadRequest(f"{n} images in one request, above SAFIRE_MAX_TASKS ({settings.max_tasks})")
         if urls is not None:
             if not isinstance(urls, list) or not all(isinstance(u, str) and u.strip() for u in urls):
                 raise BadRequest("'urls' must be a list of non-empty strings")
@@ -776,6 +926,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
                 raise BadRequest("'tasks' must be a list")
             spec = None
             xml = body.get("label_config")
+            backend.check_config_size(xml)
             try:
                 xml = backend.config_for(project, xml)
                 spec = parse_config(xml)
@@ -797,7 +948,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
                             raise ValueError("cannot tell the image URL without the project's label config")
                     items.append((url, t.get("id")))
                 except ValueError as e:
-                    problems.append(f"task {t.get('id')}: {e}")
+                    problems.append(f"task {log_text(t.get('id'))}: {log_text(str(e), 300)}")
         g.tasks = len(items)
         out = backend.prewarm(project, items)
         if problems:

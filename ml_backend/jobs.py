@@ -8,7 +8,8 @@ project's current model, evaluates before/after and publishes a new version (``m
 Job records live in ``MODEL_DIR/<project>/jobs/<id>.json`` (written atomically by whoever changes
 them) and survive restarts; the log of each job is next to it (``<id>.log``). A record whose
 process has died without finishing is reported as failed. Several server processes (gunicorn
-workers) coordinate through a per-project lock file, so only one job per project runs.
+workers) coordinate through lock files: one job per project, and at most ``SAFIRE_MAX_JOBS`` jobs
+over all projects (:class:`JobLimitError` above it). Projects are Label Studio's numeric ids.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -31,6 +33,19 @@ from .models import ModelRegistry, read_current, safe_name
 log = logging.getLogger("safire.jobs")
 
 ACTIVE = ("queued", "running")
+_PROJECT_ID = re.compile(r"^[1-9][0-9]{0,17}$")
+
+
+class JobLimitError(RuntimeError):
+    """``SAFIRE_MAX_JOBS`` retraining jobs are running already (HTTP 429 in the backend)."""
+
+
+def project_id(value: Any) -> str:
+    """A Label Studio project id as a canonical digit string; ValueError for anything else."""
+    s = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not _PROJECT_ID.match(s):
+        raise ValueError("the project id must be a positive integer (Label Studio's project id)")
+    return s
 
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
@@ -68,6 +83,12 @@ def _setting(settings: Any, name: str, env: str, default: Any) -> Any:
     return os.environ.get(env, default)
 
 
+def _list_setting(settings: Any, name: str, env: str) -> List[str]:
+    v = _setting(settings, name, env, "")
+    parts = v.split(",") if isinstance(v, str) else list(v or ())
+    return [str(p).strip() for p in parts if str(p).strip()]
+
+
 class JobManager:
     """Queues and tracks retraining jobs.
 
@@ -80,6 +101,13 @@ class JobManager:
 
     def __init__(self, registry: ModelRegistry, settings: Any = None) -> None:
         self.registry = registry
+        if settings is None:
+            from .settings import Settings, SettingsError
+
+            try:
+                settings = Settings.from_env()
+            except SettingsError:  # the raw environment variables are read instead
+                settings = None
         self.settings = settings
         self.model_dir = registry.model_dir
         self._procs: Dict[str, subprocess.Popen] = {}
@@ -99,6 +127,24 @@ class JobManager:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _global_lock(self) -> Iterator[None]:
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.model_dir / ".jobs.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @property
+    def max_jobs(self) -> int:
+        return max(1, int(_setting(self.settings, "max_jobs", "SAFIRE_MAX_JOBS", 1)))
+
+    def active(self) -> List[Dict[str, Any]]:
+        """The queued or running jobs of every project."""
+        return [r for r in self.list() if r.get("state") in ACTIVE]
 
     def _records(self, project: str) -> List[Dict[str, Any]]:
         out = []
@@ -128,12 +174,22 @@ class JobManager:
 
     # -- API ------------------------------------------------------------------------------------------
     def submit(self, project: Any, reason: str = "START_TRAINING", label_config: Optional[str] = None) -> Dict[str, Any]:
-        """Queue a retraining job for ``project`` and start it; returns the job record at once."""
-        project = safe_name(project, "project")
-        with self._lock, self._project_lock(project):
+        """Queue a retraining job for ``project`` and start it; returns the job record at once.
+
+        Raises:
+            ValueError: ``project`` is not a Label Studio project id (a positive integer).
+            JobLimitError: ``SAFIRE_MAX_JOBS`` jobs of other projects are queued or running.
+        """
+        project = project_id(project)
+        with self._lock, self._global_lock(), self._project_lock(project):
             for rec in reversed(self._records(project)):
                 if rec.get("state") in ACTIVE:
                     return {**rec, "already_running": True}
+            running = self.active()
+            if len(running) >= self.max_jobs:
+                raise JobLimitError(
+                    f"{len(running)} retraining job(s) already running (SAFIRE_MAX_JOBS={self.max_jobs}): "
+                    "try again when one has finished (GET /jobs)")
             job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
             jobs_dir = self._jobs_dir(project)
             current = self.registry.get(project)
@@ -155,6 +211,14 @@ class JobManager:
                 "model_dir": str(self.model_dir),
                 "label_studio_url": _setting(s, "label_studio_url", "LABEL_STUDIO_URL", ""),
                 "label_config": label_config,
+                # the download rules of the server, so the job fetches images exactly like it (no secrets)
+                "fetch": {
+                    "allowed_hosts": _list_setting(s, "allowed_hosts", "SAFIRE_ALLOWED_HOSTS"),
+                    "allowed_networks": _list_setting(s, "allowed_networks", "SAFIRE_ALLOWED_NETWORKS"),
+                    "max_image_bytes": int(_setting(s, "max_image_bytes", "SAFIRE_MAX_IMAGE_BYTES", 50 * 2**20)),
+                    "max_pixels": int(_setting(s, "max_pixels", "SAFIRE_MAX_PIXELS", 40_000_000)),
+                    "fetch_timeout": float(_setting(s, "fetch_timeout", "SAFIRE_FETCH_TIMEOUT", 10.0)),
+                },
                 "log": str(jobs_dir / f"{job_id}.log"),
                 "train": {
                     "steps": int(_setting(s, "train_steps", "SAFIRE_TRAIN_STEPS", 300)),
@@ -193,7 +257,7 @@ class JobManager:
 
     def get(self, project: Any) -> Optional[Dict[str, Any]]:
         """The latest job of ``project`` (None if it never trained)."""
-        recs = self._records(safe_name(project, "project"))
+        recs = self._records(project_id(project))
         return recs[-1] if recs else None
 
     def list(self) -> List[Dict[str, Any]]:

@@ -13,7 +13,10 @@ Pre-annotation (:func:`partition_to_prediction`), from a :class:`safire.partitio
 
 Masks are cleaned (:func:`ml_backend.rle.clean_mask`: specks below the config's ``safire_min_area``
 fraction removed, small holes filled) and encoded as Label Studio brush RLE with values 0/255 at the
-original image size. A region's ``score`` is the **mean probability of its label over its
+original image size. A partition computed at a lower working resolution (the backend bounds the
+memory of per-source maps that way for large images or many sources) is cleaned there and each
+region's mask is scaled to the original size by nearest neighbour only when it is encoded
+(``out_hw``), one region at a time. A region's ``score`` is the **mean probability of its label over its
 pixels** (for a merged label, the summed probability of its sources; in binary mode
 ``1 - p(host)``). The prediction's ``score`` is the image-level forgery score of the partition
 (0 = authentic, 1 = forged), so Label Studio can sort tasks by it.
@@ -52,6 +55,7 @@ __all__ = [
     "parse_context",
     "partition_to_prediction",
     "source_labels",
+    "upsample_nearest",
 ]
 
 _ID_CHARS = string.ascii_letters + string.digits
@@ -107,17 +111,31 @@ def _min_area(spec: LabelConfigSpec, min_area: Optional[float]) -> float:
     return float(spec.min_area if min_area is None else min_area)
 
 
+def upsample_nearest(mask: np.ndarray, out_hw: Tuple[int, int]) -> np.ndarray:
+    """An hxw mask at ``out_hw`` = (H, W) by nearest neighbour with half-pixel centres."""
+    h, w = mask.shape
+    H, W = int(out_hw[0]), int(out_hw[1])
+    if (h, w) == (H, W):
+        return mask
+    rows = np.minimum((2 * np.arange(H, dtype=np.int64) + 1) * h // (2 * H), h - 1)
+    cols = np.minimum((2 * np.arange(W, dtype=np.int64) + 1) * w // (2 * W), w - 1)
+    return mask[rows][:, cols]
+
+
 def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: str, *,
-                            min_area: Optional[float] = None, include_host: bool = True) -> Dict[str, Any]:
+                            min_area: Optional[float] = None, include_host: bool = True,
+                            out_hw: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
     """Label Studio prediction for a partition (see the module docstring for the rules).
 
     Args:
-        result: a :class:`safire.partition.PartitionResult` at the original image size (labels HxW
-            uint8, probs KxHxW, num_sources, score).
+        result: a :class:`safire.partition.PartitionResult` (labels hxw uint8, probs Kxhxw,
+            num_sources, score), at the original image size or at a working resolution.
         spec: the project's parsed label config.
         model_version: the version serving the project.
         min_area: speck limit as a fraction of the image (default: the config's ``safire_min_area``).
         include_host: multi mode, emit the host's region too (default True).
+        out_hw: the original image size (H, W) when ``result`` is at a working resolution; masks
+            are cleaned at the result's resolution and scaled up (nearest) for encoding.
     """
     labels = np.asarray(result.labels)
     probs = np.asarray(result.probs, dtype=np.float32)
@@ -134,8 +152,10 @@ def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: s
         mask = clean_mask(raw, min_area_fraction=area)
         if mask.any():
             p_forged = 1.0 - probs[0] if probs.shape[0] == k else raw.astype(np.float32)
-            regions.append(brush_region(mask, spec.forged_label or spec.brush_labels[0], spec,
-                                        float(p_forged[mask].mean())))
+            score_ = float(p_forged[mask].mean())
+            del p_forged, raw
+            regions.append(brush_region(upsample_nearest(mask, out_hw) if out_hw else mask,
+                                        spec.forged_label or spec.brush_labels[0], spec, score_))
         return {"result": regions, "score": score, "model_version": str(model_version)}
 
     names = source_labels(spec, k)
@@ -148,7 +168,9 @@ def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: s
         if not mask.any():
             continue
         p = probs[members].sum(axis=0) if probs.shape[0] == k else raw.astype(np.float32)
-        regions.append(brush_region(mask, label, spec, float(p[mask].mean())))
+        score_ = float(p[mask].mean())
+        del p, raw
+        regions.append(brush_region(upsample_nearest(mask, out_hw) if out_hw else mask, label, spec, score_))
     return {"result": regions, "score": score, "model_version": str(model_version)}
 
 

@@ -9,17 +9,24 @@ meaning); :meth:`Settings.from_env` reads them and reports *every* invalid value
 README table, so the documentation cannot drift from the code.
 
 Secrets (``LABEL_STUDIO_API_KEY``, ``BASIC_AUTH_PASS``) never appear in ``repr()`` or in
-:meth:`Settings.summary`.
+:meth:`Settings.summary`; URLs with credentials (``http://user:password@host``) are refused
+without echoing them.
+
+Safe by default (``docs/security.md``): the server binds ``127.0.0.1``; binding any other address
+needs ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` or the explicit ``SAFIRE_ALLOW_UNAUTHENTICATED=true``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
-__all__ = ["SETTINGS", "Settings", "SettingsError", "Spec", "settings_table_markdown"]
+__all__ = ["SETTINGS", "Settings", "SettingsError", "Spec", "download_settings", "is_loopback_host",
+           "settings_table_markdown"]
 
 MB = 1024 * 1024
 
@@ -87,13 +94,27 @@ def _float_range(lo: Optional[float] = None, hi: Optional[float] = None, lo_open
     return parse
 
 
+def redact(raw: str) -> str:
+    """``http://user:pw@host/x`` -> ``http://<credentials>@host/x`` (for error messages)."""
+    return re.sub(r"(?<=://)[^/@\s]*@", "<credentials>@", raw)
+
+
 def _url(raw: str) -> str:
     v = raw.strip().rstrip("/")
     if not v:
         return ""
-    p = urlparse(v)
+    try:
+        p = urlparse(v)
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
     if p.scheme not in ("http", "https") or not p.netloc:
         raise ValueError("must start with http:// or https:// and name a host, e.g. http://label-studio:8080")
+    if "@" in p.netloc:
+        raise ValueError("must not contain credentials (user:password@): they would be sent to every "
+                         "Label Studio request and shown in logs; the backend authenticates with "
+                         "LABEL_STUDIO_API_KEY")
+    if p.query or p.fragment:
+        raise ValueError("must not have a query string or fragment")
     return v
 
 
@@ -105,10 +126,37 @@ def _hosts(raw: str) -> Tuple[str, ...]:
             continue
         if "://" in h:  # tolerate full URLs: keep host[:port]
             h = urlparse(h).netloc
+        if "@" in h:
+            raise ValueError("host names must not contain credentials (user:password@)")
         if "/" in h or " " in h or not h:
             raise ValueError(f"{part.strip()!r} is not a host name (expected host or host:port)")
         out.append(h)
     return tuple(dict.fromkeys(out))
+
+
+def _networks(raw: str) -> Tuple[str, ...]:
+    out = []
+    for part in raw.split(","):
+        v = part.strip()
+        if not v:
+            continue
+        try:
+            net = ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a network (expected CIDR like 10.0.0.0/8 or an address)") from None
+        out.append(str(net))
+    return tuple(dict.fromkeys(out))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.1``, ``::1``); False for ``0.0.0.0``."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost" or h.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 def _sources(raw: str) -> Union[str, int]:
@@ -182,6 +230,11 @@ SETTINGS: Tuple[Spec, ...] = (
          "Comma-separated extra hosts (`host` or `host:port`) plain http(s) image URLs may come from; "
          "the Label Studio host is always allowed. No credentials are sent to them.",
          group="Label Studio"),
+    Spec("allowed_networks", "SAFIRE_ALLOWED_NETWORKS", "", _networks,
+         "Comma-separated networks (CIDR) downloads may connect to besides public addresses, e.g. the "
+         "private network of an allowed host or of a storage bucket Label Studio presigns to. Label "
+         "Studio's own host may always be loopback or private; cloud metadata addresses are always refused.",
+         group="Label Studio"),
     Spec("local_files_document_root", "LOCAL_FILES_DOCUMENT_ROOT", "", _opt_str,
          "Label Studio's local-files root; with LOCAL_FILES_SERVING_ENABLED, `/data/local-files/?d=...` "
          "images are read from disk under it (confined to the root) instead of downloaded.",
@@ -224,8 +277,14 @@ SETTINGS: Tuple[Spec, ...] = (
     Spec("sources", "SAFIRE_SOURCES", "auto", _sources,
          'Number of sources per image for pre-annotation: "auto" or 1..16 (the BrushLabels '
          "`safire_sources` attribute overrides it).", group="Prediction"),
+    Spec("max_sources", "SAFIRE_MAX_SOURCES", "8", _int_range(1, 16),
+         "Largest number of sources a label config (`safire_sources`) may ask for: HTTP 400 above it.",
+         group="Prediction"),
     Spec("grid", "SAFIRE_GRID", "16", _int_range(2, 64),
          "Prompt grid of the partition (g x g points; `safire_grid` overrides it).", group="Prediction"),
+    Spec("max_grid", "SAFIRE_MAX_GRID", "32", _int_range(2, 64),
+         "Largest prompt grid a label config (`safire_grid`) may ask for: HTTP 400 above it (the grid's "
+         "masks take g x g x 256 KiB with the official weights).", group="Prediction"),
     Spec("seed", "SAFIRE_SEED", "0", _int_range(0), "Seed of the partition's clustering.",
          group="Prediction"),
     # -- training
@@ -245,8 +304,13 @@ SETTINGS: Tuple[Spec, ...] = (
     Spec("val_fraction", "SAFIRE_VAL_FRACTION", "0.2", _float_range(0, 0.9),
          "Fraction of annotated tasks held out to validate a fine-tuned version before publishing it.",
          group="Training"),
+    Spec("max_jobs", "SAFIRE_MAX_JOBS", "1", _int_range(1, 64),
+         "Retraining jobs running at once over all projects (one per project at most); a Start Training "
+         "above it gets HTTP 429.", group="Training"),
     # -- server
-    Spec("host", "HOST", "0.0.0.0", _str, "Address the server binds to.", group="Server"),
+    Spec("host", "HOST", "127.0.0.1", _str,
+         "Address the server binds to. Any address other than loopback (e.g. `0.0.0.0` in docker) needs "
+         "BASIC_AUTH_USER/PASS or SAFIRE_ALLOW_UNAUTHENTICATED.", group="Server"),
     Spec("port", "PORT", "9090", _int_range(1, 65535), "Port the server listens on.", group="Server"),
     Spec("workers", "WORKERS", "1", _int_range(1, 64),
          "gunicorn worker processes (each loads the model and has its own cache; keep 1 on CPU).",
@@ -260,11 +324,21 @@ SETTINGS: Tuple[Spec, ...] = (
     Spec("max_request_bytes", "SAFIRE_MAX_REQUEST_BYTES", str(64 * MB), _int_range(1024),
          "Largest request body accepted (HTTP 413 above it); interactive requests carry the task's "
          "existing masks.", group="Server"),
+    Spec("max_tasks", "SAFIRE_MAX_TASKS", "100", _int_range(1, 100_000),
+         "Most tasks (or URLs) in one `/predict` or `/prewarm` request: HTTP 400 above it (Label Studio "
+         "sends all tasks selected for Retrieve Predictions in one request and waits 100 s).", group="Server"),
+    Spec("max_label_config_bytes", "SAFIRE_MAX_LABEL_CONFIG_BYTES", str(128 * 1024), _int_range(1024),
+         "Largest label config accepted (HTTP 400 above it); at most 1000 projects' configs, 16 MiB in "
+         "all, are remembered.", group="Server"),
     Spec("basic_auth_user", "BASIC_AUTH_USER", "", _str,
          "With BASIC_AUTH_PASS: HTTP basic auth required on every endpoint except `/health` and `/`.",
          aliases=("ML_SERVER_BASIC_AUTH_USER",), group="Server"),
     Spec("basic_auth_pass", "BASIC_AUTH_PASS", "", _str, "Password for BASIC_AUTH_USER.",
          aliases=("ML_SERVER_BASIC_AUTH_PASS",), secret=True, group="Server"),
+    Spec("allow_unauthenticated", "SAFIRE_ALLOW_UNAUTHENTICATED", "false", _bool,
+         "Listen on a non-loopback HOST without basic auth (anyone who can reach the port can then run "
+         "predictions, start training and read /metrics). Off: such a server refuses to start.",
+         group="Server"),
     Spec("log_level", "LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR.", group="Server"),
 )
 
@@ -282,6 +356,7 @@ class Settings:
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
     allowed_hosts: Tuple[str, ...] = ()
+    allowed_networks: Tuple[str, ...] = ()
     local_files_document_root: Optional[str] = None
     local_files_serving_enabled: bool = False
     fetch_timeout: float = 10.0
@@ -296,7 +371,9 @@ class Settings:
     cache_mb: int = 512
     cache_ttl: float = 3600.0
     sources: Union[str, int] = "auto"
+    max_sources: int = 8
     grid: int = 16
+    max_grid: int = 32
     seed: int = 0
     start_training_each_n_updates: int = 0
     train_steps: int = 300
@@ -305,14 +382,18 @@ class Settings:
     train_lr: float = 1e-4
     train_threads: int = 1
     val_fraction: float = 0.2
-    host: str = "0.0.0.0"
+    max_jobs: int = 1
+    host: str = "127.0.0.1"
     port: int = 9090
     workers: int = 1
     server_threads: int = 8
     request_timeout: int = 300
     max_request_bytes: int = 64 * MB
+    max_tasks: int = 100
+    max_label_config_bytes: int = 128 * 1024
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
+    allow_unauthenticated: bool = False
     log_level: str = "INFO"
 
     @classmethod
@@ -333,11 +414,25 @@ class Settings:
             try:
                 values[spec.field] = spec.parse(raw)
             except ValueError as e:
-                shown = "<hidden>" if spec.secret else repr(raw)
+                shown = "<hidden>" if spec.secret else repr(redact(raw))
                 problems.append(f"{name}={shown}: {e}")
         if "basic_auth_user" in values and "basic_auth_pass" in values:
             if bool(values["basic_auth_user"]) != bool(values["basic_auth_pass"]):
                 problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if isinstance(values.get("sources"), int) and "max_sources" in values \
+                and values["sources"] > values["max_sources"]:
+            problems.append(f"SAFIRE_SOURCES={values['sources']} is above SAFIRE_MAX_SOURCES={values['max_sources']}")
+        if "grid" in values and "max_grid" in values and values["grid"] > values["max_grid"]:
+            problems.append(f"SAFIRE_GRID={values['grid']} is above SAFIRE_MAX_GRID={values['max_grid']}")
+        host = values.get("host")
+        if (host is not None and not is_loopback_host(host) and values.get("allow_unauthenticated") is False
+                and not (values.get("basic_auth_user") and values.get("basic_auth_pass"))):
+            problems.append(
+                f"HOST={host!r} listens beyond this machine without authentication: anyone who reaches the port "
+                "could run predictions, start training jobs and read /metrics. Set BASIC_AUTH_USER and "
+                "BASIC_AUTH_PASS (and the same user and password in Label Studio: Settings > Model > Connect "
+                "Model > Authentication: Basic Authentication), or SAFIRE_ALLOW_UNAUTHENTICATED=true to accept "
+                "that, or HOST=127.0.0.1")
         root = values.get("local_files_document_root")
         if root and values.get("local_files_serving_enabled") and not os.path.isdir(root):
             problems.append(f"LOCAL_FILES_DOCUMENT_ROOT={root!r} is not a directory")
@@ -355,6 +450,11 @@ class Settings:
         return bool(self.basic_auth_user and self.basic_auth_pass)
 
     @property
+    def loopback_only(self) -> bool:
+        """The server listens on loopback only (``HOST`` is 127.0.0.1, ::1 or localhost)."""
+        return is_loopback_host(self.host)
+
+    @property
     def effective_compute_slots(self) -> int:
         if self.compute_slots > 0:
             return self.compute_slots
@@ -370,6 +470,44 @@ class Settings:
                 v = "<set>" if v else ""
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
+
+
+DOWNLOAD_FIELDS = ("label_studio_url", "label_studio_api_key", "allowed_hosts", "allowed_networks",
+                   "fetch_timeout", "max_image_bytes", "max_pixels")
+
+
+def download_settings(environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> Any:
+    """Only the settings image downloads use (:data:`DOWNLOAD_FIELDS`), from the environment.
+
+    For tools that download like the server but are not the server (``safire export``, retraining
+    jobs): the server-only checks (``HOST`` and authentication) do not apply. ``overrides`` replace
+    parsed values (None: keep). Raises :class:`SettingsError`.
+    """
+    from types import SimpleNamespace
+
+    env = os.environ if environ is None else environ
+    values: Dict[str, Any] = {}
+    problems: List[str] = []
+    for name in DOWNLOAD_FIELDS:
+        spec = _BY_FIELD[name]
+        raw = env.get(spec.env)
+        for alias in spec.aliases:
+            if raw is None and env.get(alias) is not None:
+                raw = env[alias]
+        try:
+            values[name] = spec.parse(spec.default if raw is None else raw)
+        except ValueError as e:
+            problems.append(f"{spec.env}={'<hidden>' if spec.secret else repr(redact(raw or ''))}: {e}")
+    for key, value in overrides.items():
+        if value is not None:
+            try:
+                values[key] = _BY_FIELD[key].parse(value) if isinstance(value, str) else value
+            except ValueError as e:
+                shown = "<hidden>" if _BY_FIELD[key].secret else repr(redact(value))
+                problems.append(f"{_BY_FIELD[key].env}={shown}: {e}")
+    if problems:
+        raise SettingsError(problems)
+    return SimpleNamespace(**values)
 
 
 def settings_table_markdown() -> str:
