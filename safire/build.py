@@ -1,8 +1,8 @@
 """Builder: ``build_safire(variant, checkpoint=None, device=...)``.
 
->>> model = build_safire("micro")                           # random weights
+>>> model = build_safire()                                  # the embedded default model (native)
+>>> model = build_safire("micro")                           # a registered variant, random weights
 >>> model = build_safire(checkpoint="safire.pth")           # official weights, variant inferred
->>> model = build_safire()                                  # the embedded default model (tiny)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .config import VARIANTS, SafireConfig, get_config
 from .modeling import Safire
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_CHECKPOINT = WEIGHTS_DIR / "safire-tiny-default.pt"
+DEFAULT_CHECKPOINT = WEIGHTS_DIR / "safire-native-default.pt"
 
 
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
@@ -50,20 +50,24 @@ def build_safire(
     checkpoint: Union[str, os.PathLike, Checkpoint, None] = None,
     device: Union[str, torch.device, None] = "cpu",
     *,
-    use_default: bool = False,
+    use_default: Optional[bool] = None,
 ) -> Safire:
     """Build a SAFIRE model, optionally loading weights (strict key and shape matching).
 
     Args:
         variant: registry name (``vit_b``, ``tiny``, ``micro``); with a checkpoint that records its
             variant (our format) or whose shapes identify it, may be None.
-        checkpoint: path or :class:`Checkpoint`. None -> random weights, unless ``use_default``.
+        checkpoint: path or :class:`Checkpoint`. None -> random weights of ``variant``, or the
+            embedded default model when ``variant`` is None too.
         device: "cpu", "cuda", "cuda:1", "auto" or a torch.device.
-        use_default: with no checkpoint, load the embedded default model.
+        use_default: with no checkpoint, load the embedded default model (True) or random weights
+            (False); None (default): the embedded model exactly when no variant is named.
     Returns:
         The model in eval mode on ``device``, with ``model.meta`` (dict: variant, model_version,
         provenance, checkpoint path/kind) attached.
     """
+    if use_default is None:
+        use_default = variant is None
     if checkpoint is None and use_default:
         if not DEFAULT_CHECKPOINT.is_file():
             raise CheckpointError(f"the embedded default model is missing: {DEFAULT_CHECKPOINT}")
@@ -81,7 +85,7 @@ def build_safire(
         meta.update({"checkpoint": ckpt.path, "checkpoint_kind": ckpt.kind})
         meta.pop("config", None)
     else:
-        variant = variant or "tiny"
+        variant = variant or "native"
         cfg = get_config(variant)
     model = Safire(cfg)
     if ckpt is not None:

@@ -19,11 +19,13 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from segment_anything.modeling.image_encoder import ImageEncoderViT, PatchEmbed
 
 from .config import SafireConfig
 from .fast_decoder import DecoderContext, build_context, two_way_shared, upscale_single_mask
+from .native_encoder import NativeImageEncoder
 
 
 def highpass_fft(x: torch.Tensor, rate: float = 0.25) -> torch.Tensor:
@@ -166,7 +168,31 @@ class Safire(nn.Module):
         super().__init__()
         self.config = config
         emb = config.img_size // config.patch_size
-        self.image_encoder = ImageEncoderViTAdaptor(
+        if config.encoder == "native":
+            self.image_encoder = NativeImageEncoder(
+                embed_dim=config.encoder_embed_dim, depth=config.encoder_depth,
+                num_heads=config.encoder_num_heads, window_size=config.window_size,
+                mlp_ratio=config.mlp_ratio, conv_channels=tuple(config.conv_channels),
+                out_chans=config.prompt_embed_dim, pixel_std=config.pixel_std, hfp_rate=config.hfp_rate,
+            )
+        elif config.encoder == "vit":
+            self.image_encoder = self._vit_encoder(config)
+        else:
+            raise ValueError(f"unknown encoder {config.encoder!r} (vit, native)")
+        # Native variants: prompts are (x, y) pixels of the padded image, normalised by pe_ref (the
+        # same physical distance means the same encoding on every image size).
+        pe_side = config.pe_ref if config.encoder == "native" else config.img_size
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(pe_side // config.patch_size, pe_side // config.patch_size),
+            input_image_size=(pe_side, pe_side),
+            mask_in_chans=config.mask_in_chans,
+        )
+        self._init_decoder(config)
+
+    @staticmethod
+    def _vit_encoder(config: SafireConfig) -> ImageEncoderViTAdaptor:
+        return ImageEncoderViTAdaptor(
             img_size=config.img_size,
             patch_size=config.patch_size,
             embed_dim=config.encoder_embed_dim,
@@ -183,12 +209,8 @@ class Safire(nn.Module):
             adaptor_scale_factor=config.adaptor_scale_factor,
             hfp_rate=config.hfp_rate,
         )
-        self.prompt_encoder = PromptEncoder(
-            embed_dim=config.prompt_embed_dim,
-            image_embedding_size=(emb, emb),
-            input_image_size=(config.img_size, config.img_size),
-            mask_in_chans=config.mask_in_chans,
-        )
+
+    def _init_decoder(self, config: SafireConfig) -> None:
         self.mask_decoder = SafireMaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
@@ -214,6 +236,30 @@ class Safire(nn.Module):
         return self.pixel_mean.device
 
     @property
+    def native(self) -> bool:
+        """True for native-resolution variants (``resize == "pad"``)."""
+        return self.config.resize == "pad"
+
+    def dense_pe(self, hw: Tuple[int, int], stride: Optional[float] = None) -> torch.Tensor:
+        """1xCxhxw positional encoding of an embedding grid.
+
+        Squash variants: SAM's ``get_dense_pe()`` (the grid is fixed). Native variants: the
+        encoding at each token centre ``((j + 0.5) * stride, (i + 0.5) * stride)`` pixels, in the
+        frame of the point prompts (``stride`` defaults to the encoder's 16; a grid average-pooled
+        by k has stride 16k).
+        """
+        if not self.native:
+            return self.prompt_encoder.get_dense_pe()
+        h, w = int(hw[0]), int(hw[1])
+        s = float(stride or self.config.patch_size) / self.config.pe_ref
+        pe = self.prompt_encoder.pe_layer
+        dev = pe.positional_encoding_gaussian_matrix.device
+        ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5) * s
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # h x w x 2 (x, y)
+        return pe._pe_encoding(grid).permute(2, 0, 1)[None]
+
+    @property
     def embedding_size(self) -> int:
         """Side of the image embedding grid (64 for ViT-B)."""
         return self.config.img_size // self.config.patch_size
@@ -228,17 +274,65 @@ class Safire(nn.Module):
         return (images - self.pixel_mean) / self.pixel_std
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Bx3xSxS float in [0, 255] RGB -> BxCxhxw image embedding."""
-        return self.image_encoder(self.normalize(images))
+        """Bx3xSxS float in [0, 255] RGB -> BxCxhxw image embedding.
 
-    def decoder_context(self, embedding: torch.Tensor) -> DecoderContext:
+        Native variants take any Bx3xHxW: the normalised image is padded bottom/right with zeros
+        (the pixel mean) to a multiple of ``pad_multiple`` and, above ``tile_pixels``, encoded in
+        overlapping tiles at native resolution; h, w = padded H, W / 16.
+        """
+        x = self.normalize(images)
+        if not self.native:
+            return self.image_encoder(x)
+        m = self.config.pad_multiple
+        H, W = x.shape[-2:]
+        ph, pw = (-H) % m, (-W) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        if self.config.tile_pixels and H * W > self.config.tile_pixels:
+            return self._encode_tiled(x)
+        return self.image_encoder(x)
+
+    def _encode_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        """Native encoding of a large padded image in tiles of ``tile_size`` overlapping by
+        ``tile_overlap`` pixels; each tile keeps the tokens of its centre part (half the overlap is
+        dropped on every inner edge), so no token comes from a tile border."""
+        s = self.config.patch_size
+        T, O = self.config.tile_size, self.config.tile_overlap
+        H, W = x.shape[-2:]
+
+        def starts(n: int) -> List[int]:
+            if n <= T:
+                return [0]
+            out = list(range(0, n - T + 1, T - O))
+            if out[-1] + T < n:
+                out.append(n - T)
+            return out
+
+        out = None
+        for y0 in starts(H):
+            th = min(T, H)
+            for x0 in starts(W):
+                tw = min(T, W)
+                e = self.image_encoder(x[..., y0 : y0 + th, x0 : x0 + tw])
+                if out is None:
+                    out = e.new_zeros(e.shape[0], e.shape[1], H // s, W // s)
+                top = 0 if y0 == 0 else O // 2
+                left = 0 if x0 == 0 else O // 2
+                bottom = th if y0 + th >= H else th - O // 2
+                right = tw if x0 + tw >= W else tw - O // 2
+                out[..., (y0 + top) // s : (y0 + bottom) // s, (x0 + left) // s : (x0 + right) // s] = \
+                    e[..., top // s : bottom // s, left // s : right // s]
+        return out
+
+    def decoder_context(self, embedding: torch.Tensor, stride: Optional[float] = None) -> DecoderContext:
         """Prompt-independent decoder state of one image (1xCxhxw embedding); reuse it for every
-        prompt on that image (:meth:`decode` builds it when not given)."""
+        prompt on that image (:meth:`decode` builds it when not given). ``stride``: pixels per
+        token of a native embedding (16, or 16k when average-pooled by k)."""
         if embedding.shape[0] != 1:
             raise ValueError(f"a decoder context is built from one embedding, got batch {embedding.shape[0]}")
-        h, w = embedding.shape[-2:]
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return build_context(self.mask_decoder.transformer, embedding + dense, self.prompt_encoder.get_dense_pe())
+        return build_context(self.mask_decoder.transformer, embedding + dense,
+                             self.dense_pe(embedding.shape[-2:], stride))
 
     def decode(
         self,
@@ -248,6 +342,7 @@ class Safire(nn.Module):
         boxes: Optional[torch.Tensor] = None,
         context: Optional[DecoderContext] = None,
         fast: bool = True,
+        stride: Optional[float] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Decode prompts against one embedding (1xCxhxw, broadcast) or one embedding per prompt.
 
@@ -259,6 +354,7 @@ class Safire(nn.Module):
             context: the embedding's :meth:`decoder_context` (one embedding only), to reuse it.
             fast: with one embedding, use the shared-image path of :mod:`safire.fast_decoder`
                 (False: SAM's decoder as is, e.g. as a reference).
+            stride: native variants, pixels per token of ``embedding`` (default 16).
         Returns:
             logits: Bx(4h)x(4w) float mask logits (low resolution);
             scores: B float, the confidence (IoU-head output 0; trained to regress pixel accuracy).
@@ -266,14 +362,15 @@ class Safire(nn.Module):
         points = None
         if point_coords is not None:
             points = (point_coords.float(), point_labels.float())
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        sparse, _ = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # broadcast over any grid
         if fast and embedding.shape[0] == 1:
-            ctx = context if context is not None else self.decoder_context(embedding)
+            ctx = context if context is not None else self.decoder_context(embedding, stride)
             logits, scores = self.mask_decoder.forward_shared(ctx, sparse, multimask_output=False)
         else:
             logits, scores = self.mask_decoder(
                 image_embeddings=embedding,
-                image_pe=self.prompt_encoder.get_dense_pe(),
+                image_pe=self.dense_pe(embedding.shape[-2:], stride),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=False,
@@ -281,20 +378,24 @@ class Safire(nn.Module):
         return logits[:, 0], scores[:, 0]
 
     def forward(
-        self, images: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+        self, images: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor, pool: int = 1
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training forward: encode B images once, decode P single-point prompts for each.
 
         Args:
             images: Bx3xSxS float in [0, 255] (RGB, model frame).
             point_coords: BxPx2 (x, y) model-frame pixels; point_labels: BxP (1 = positive).
+            pool: native variants, decode on the embedding average-pooled by this factor (as the
+                partition's grid pass does on large images); logits are then pool x smaller.
         Returns:
-            logits (BxPx(4h)x(4w)), scores (BxP), embeddings (BxCxhxw).
+            logits (BxPx(4h)x(4w)), scores (BxP), embeddings (BxCxhxw, not pooled).
         """
         emb = self.encode(images)
         b, p = point_coords.shape[:2]
-        emb_rep = torch.repeat_interleave(emb, p, dim=0)
+        dec = F.avg_pool2d(emb, pool, ceil_mode=True) if pool > 1 else emb
+        emb_rep = torch.repeat_interleave(dec, p, dim=0)
         logits, scores = self.decode(
-            emb_rep, point_coords.reshape(b * p, 1, 2), point_labels.reshape(b * p, 1)
+            emb_rep, point_coords.reshape(b * p, 1, 2), point_labels.reshape(b * p, 1),
+            stride=self.config.patch_size * pool if pool > 1 else None,
         )
         return logits.reshape(b, p, *logits.shape[-2:]), scores.reshape(b, p), emb

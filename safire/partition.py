@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from .clustering import cluster_masks, dbscan_features, kmeans_cosine
 from .fast_decoder import DecoderContext
 from .modeling import Safire
 from .predictor import ImageEmbedding, SafirePredictor
-from .transforms import grid_points, sample_logits_at, upsample_logits
+from .transforms import grid_points, native_grid_points, native_logits_to_image, sample_logits_at, upsample_logits
 
 
 #: Automatic-mode settings a checkpoint may carry (``meta["partition"]``, written by
@@ -84,33 +84,106 @@ class PartitionResult:
 
 @dataclass
 class GridOutput:
-    """Decoded grid prompts. logits: Nxmxm float32 (low-res, model frame); scores: N float32."""
+    """Decoded grid prompts. logits: Nxmxm float32 (low-res, model frame); scores: N float32.
+
+    Native variants also carry ``native`` (:class:`NativeGrid`): the grid was decoded on a pooled
+    embedding, and the winners are decoded again on the full one before they are combined.
+    """
 
     logits: torch.Tensor
     scores: torch.Tensor
     points: np.ndarray
+    native: Optional["NativeGrid"] = None
 
 
-@torch.inference_mode()
-def decode_grid(model: Safire, embedding: torch.Tensor, grid_size: int = 16, chunk_size: Optional[int] = None,
-                context: Optional[DecoderContext] = None) -> GridOutput:
-    """Decode ``grid_size**2`` single positive prompts in chunks (flat memory), sharing the image's
-    decoder context (built here when not given). ``chunk_size`` None: about 64k image tokens per
-    chunk, at most 32 prompts (16 for ViT-B's 64x64 embedding, 32 for tiny's 16x16: the fastest
-    sizes measured on a 2-core CPU; larger chunks are memory-bound)."""
-    pts = grid_points(grid_size, model.config.img_size)
-    if chunk_size is None:
-        chunk_size = max(8, min(32, 65536 // (embedding.shape[-1] * embedding.shape[-2])))
+@dataclass
+class NativeGrid:
+    """What a native partition needs besides the grid logits.
+
+    embedding: 1xCxhpxwp the (pooled) embedding the grid was decoded on; cells: (rows, cols) of it
+    that cover the image (the rest is padding); refine: grid indices -> Kx(4h)x(4w) logits of those
+    prompts decoded on the full embedding; to_image: (Kx(4h)x(4w) logits, out_hw) -> KxHxW.
+    """
+
+    embedding: torch.Tensor
+    cells: Tuple[int, int]
+    refine: Callable[[np.ndarray], torch.Tensor]
+    to_image: Callable[[torch.Tensor, Tuple[int, int]], torch.Tensor]
+
+
+def _decode_points(model: Safire, embedding: torch.Tensor, pts: np.ndarray, chunk_size: int,
+                   ctx: DecoderContext, stride: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     dev = embedding.device
-    ctx = context if context is not None else model.decoder_context(embedding)
     logits, scores = [], []
     for i in range(0, len(pts), chunk_size):
         c = torch.from_numpy(pts[i : i + chunk_size]).to(dev)[:, None, :]
         lab = torch.ones(c.shape[:2], device=dev)
-        lo, sc = model.decode(embedding, c, lab, context=ctx)
+        lo, sc = model.decode(embedding, c, lab, context=ctx, stride=stride)
         logits.append(lo.float())
         scores.append(sc.float())
-    return GridOutput(torch.cat(logits), torch.cat(scores), pts)
+    return torch.cat(logits), torch.cat(scores)
+
+
+def _chunk(embedding: torch.Tensor, chunk_size: Optional[int]) -> int:
+    if chunk_size is not None:
+        return chunk_size
+    return max(8, min(32, 65536 // (embedding.shape[-1] * embedding.shape[-2])))
+
+
+@torch.inference_mode()
+def decode_grid(model: Safire, embedding: torch.Tensor, grid_size: int = 16, chunk_size: Optional[int] = None,
+                context: Optional[DecoderContext] = None, orig_hw: Optional[Tuple[int, int]] = None) -> GridOutput:
+    """Decode ``grid_size**2`` single positive prompts in chunks (flat memory), sharing the image's
+    decoder context (built here when not given). ``chunk_size`` None: about 64k image tokens per
+    chunk, at most 32 prompts (16 for ViT-B's 64x64 embedding, 32 for tiny's 16x16: the fastest
+    sizes measured on a 2-core CPU; larger chunks are memory-bound).
+
+    Native variants (``orig_hw`` required: the original image size): the grid spans the original
+    image; it is decoded on the embedding average-pooled by ``k = ceil(max(h, w) / grid_tokens)``
+    (a 64x48 grid -> 32x24 cells), which is what keeps a 1024x768 partition within a CPU budget;
+    the winners are decoded again on the full embedding later (:class:`NativeGrid`)."""
+    if not model.native:
+        pts = grid_points(grid_size, model.config.img_size)
+        ctx = context if context is not None else model.decoder_context(embedding)
+        logits, scores = _decode_points(model, embedding, pts, _chunk(embedding, chunk_size), ctx)
+        return GridOutput(logits, scores, pts)
+    if orig_hw is None:
+        raise ValueError("decode_grid needs orig_hw (the original image size) for a native model")
+    H, W = int(orig_hw[0]), int(orig_hw[1])
+    h, w = embedding.shape[-2:]
+    k = max(1, -(-max(h, w) // model.config.grid_tokens))
+    stride = model.config.patch_size * k
+    pooled = F.avg_pool2d(embedding, k, ceil_mode=True) if k > 1 else embedding
+    pctx = model.decoder_context(pooled, stride) if k > 1 or context is None else context
+    pts = native_grid_points(grid_size, (H, W))
+    logits, scores = _decode_points(model, pooled, pts, _chunk(pooled, chunk_size), pctx, stride)
+    full_ctx = context
+
+    def refine(idx: np.ndarray) -> torch.Tensor:
+        nonlocal full_ctx
+        if full_ctx is None:
+            full_ctx = model.decoder_context(embedding)
+        with torch.inference_mode():
+            lo, _ = _decode_points(model, embedding, pts[np.asarray(idx, dtype=np.int64)], 32, full_ctx)
+        return lo
+
+    cells = (-(-H // stride), -(-W // stride))
+    native = NativeGrid(pooled, cells, refine, lambda lo, out_hw: native_logits_to_image(lo, (H, W), out_hw))
+    return GridOutput(logits, scores, pts, native)
+
+
+def native_features(logits: torch.Tensor, grid: NativeGrid) -> Tuple[np.ndarray, np.ndarray]:
+    """Representative features (Eq. 8) on a native grid: the mean pooled embedding over the cells
+    (inside the image) whose stride-4 logits average above 0. Returns (NxC float64, N bool)."""
+    emb = grid.embedding[0]
+    c, hp, wp = emb.shape
+    rows, cols = grid.cells
+    cell = F.avg_pool2d(logits[:, None].float(), 4)[:, 0][:, :rows, :cols]  # N x rows x cols
+    sel = (cell > 0).float().reshape(len(logits), -1)
+    e = emb[:, :rows, :cols].reshape(c, -1).float()
+    counts = sel.sum(1)
+    feats = (sel @ e.T) / counts.clamp(min=1)[:, None]
+    return feats.double().cpu().numpy(), (counts > 0).cpu().numpy()
 
 
 def representative_features(logits: torch.Tensor, embedding: torch.Tensor, img_size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -179,7 +252,10 @@ def partition_from_grid(
     timings: Dict[str, float] = {}
     logits, scores = grid.logits, grid.scores.cpu().numpy().astype(np.float64)
     n = len(scores)
-    feats, valid = representative_features(logits, embedding, img_size)
+    if grid.native is not None:
+        feats, valid = native_features(logits, grid.native)
+    else:
+        feats, valid = representative_features(logits, embedding, img_size)
     timings["features"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -243,7 +319,13 @@ def partition_from_grid(
     timings["cluster"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    result = combine_winners(logits, winners, scores, out_hw)
+    if grid.native is not None:
+        nat = grid.native
+        result = combine_winners(logits, winners, scores, out_hw,
+                                 winner_logits=nat.refine(winners) if len(winners) > 1 else None,
+                                 to_image=nat.to_image)
+    else:
+        result = combine_winners(logits, winners, scores, out_hw)
     order = result.pop("order")
     inverse = np.full(len(winners) + 1, -1)
     inverse[order] = np.arange(len(order))
@@ -252,8 +334,13 @@ def partition_from_grid(
     return PartitionResult(score=score, grid_labels=grid_labels, timings=timings, **result)
 
 
-def combine_winners(logits: torch.Tensor, winners: np.ndarray, scores: np.ndarray, out_hw: Tuple[int, int]) -> Dict:
+def combine_winners(logits: torch.Tensor, winners: np.ndarray, scores: np.ndarray, out_hw: Tuple[int, int],
+                    winner_logits: Optional[torch.Tensor] = None,
+                    to_image: Optional[Callable[[torch.Tensor, Tuple[int, int]], torch.Tensor]] = None) -> Dict:
     """Upsample the winners' logits to ``out_hw`` and combine them (Eq. 10 / Eq. 11).
+
+    ``winner_logits`` (Kxmxm, one per winner) replaces ``logits[winners]`` (native variants decode
+    the winners again on the full embedding); ``to_image`` replaces the squash upsampling.
 
     Returns a dict with labels, probs, heatmap, num_sources, confidences, areas, winners and
     ``order`` (winner positions sorted by decreasing area; sources with no pixel are dropped).
@@ -265,15 +352,17 @@ def combine_winners(logits: torch.Tensor, winners: np.ndarray, scores: np.ndarra
                     heatmap=np.zeros((H, W), np.float32), num_sources=1,
                     confidences=scores[w].astype(np.float32) if len(w) else np.zeros(1, np.float32),
                     areas=np.ones(1, np.float32), winners=w.astype(np.int64), order=np.zeros(1, np.int64))
-    lo = logits[torch.from_numpy(winners)]
-    full = upsample_logits(lo, out_hw)  # K x H x W
+    lo = winner_logits if winner_logits is not None else logits[torch.from_numpy(winners)]
+    full = to_image(lo, out_hw) if to_image is not None else upsample_logits(lo, out_hw)  # K x H x W
     probs = torch.softmax(full, dim=0)
     arg = probs.argmax(0)
     counts = torch.bincount(arg.reshape(-1), minlength=len(winners)).cpu().numpy()
     order = np.argsort(-counts, kind="stable")
     order = order[counts[order] > 0]
     if len(order) == 1:
-        return combine_winners(logits, winners[order], scores, out_hw) | {"order": order}
+        return combine_winners(logits, winners[order], scores, out_hw,
+                               None if winner_logits is None else winner_logits[torch.from_numpy(order)],
+                               to_image) | {"order": order}
     probs = probs[torch.from_numpy(order)]
     if len(order) != len(winners):  # renormalise over the surviving sources
         probs = probs / probs.sum(0, keepdim=True)
@@ -312,7 +401,8 @@ def partition(
     t0 = time.perf_counter()
     emb = image if isinstance(image, ImageEmbedding) else predictor.embed(image)[0]
     t1 = time.perf_counter()
-    grid = decode_grid(predictor.model, emb.embedding, grid_size, chunk_size, context=emb.context)
+    grid = decode_grid(predictor.model, emb.embedding, grid_size, chunk_size, context=emb.context,
+                       orig_hw=emb.orig_hw)
     t2 = time.perf_counter()
     with torch.inference_mode():
         res = partition_from_grid(grid, emb.embedding[0], predictor.img_size, out_hw or emb.orig_hw,

@@ -24,7 +24,8 @@ import torch
 from .cache import LRUCache
 from .fast_decoder import DecoderContext
 from .modeling import Safire
-from .transforms import box_to_model, check_image, points_to_model, squash_resize, upsample_logits
+from .transforms import (check_image, native_logits_to_image, points_to_model, squash_resize,
+                         to_tensor, upsample_logits)
 
 
 @dataclass
@@ -42,6 +43,19 @@ class ImageEmbedding:
     key: str
     encode_seconds: float = 0.0
     context: Optional[DecoderContext] = None
+    native: bool = False  # model frame = original pixels, padded (see safire.transforms)
+
+    def to_model(self, points: np.ndarray, img_size: int) -> np.ndarray:
+        """Nx2 (x, y) original pixels -> model-frame pixels (float32)."""
+        if self.native:
+            return np.asarray(points, dtype=np.float32).reshape(-1, 2).copy()
+        return points_to_model(points, self.orig_hw, img_size)
+
+    def logits_to_image(self, logits: torch.Tensor, out_hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Kxhxw low-resolution logits -> KxHxW at ``out_hw`` (default the original size)."""
+        if self.native:
+            return native_logits_to_image(logits, self.orig_hw, out_hw)
+        return upsample_logits(logits, tuple(out_hw or self.orig_hw))
 
 
 @dataclass
@@ -97,10 +111,13 @@ class SafirePredictor:
     @torch.inference_mode()
     def _encode(self, image: np.ndarray, key: str) -> ImageEmbedding:
         t0 = time.perf_counter()
-        x = squash_resize(image, self.img_size, self.device)
+        native = self.model.native
+        x = to_tensor(image, self.device) if native else squash_resize(image, self.img_size, self.device)
         emb = self.model.encode(x)
+        del x
         ctx = self.model.decoder_context(emb)
-        return ImageEmbedding(emb, (int(image.shape[0]), int(image.shape[1])), key, time.perf_counter() - t0, ctx)
+        return ImageEmbedding(emb, (int(image.shape[0]), int(image.shape[1])), key, time.perf_counter() - t0, ctx,
+                              native=native)
 
     def embed(self, image: np.ndarray, key: Optional[str] = None) -> Tuple[ImageEmbedding, bool]:
         """Embedding of ``image`` (HxWx3 uint8 RGB), from the cache when present.
@@ -152,14 +169,15 @@ class SafirePredictor:
             if lab.shape != (len(pts),):
                 raise ValueError(f"point_labels must have shape ({len(pts)},), got {lab.shape}")
             if len(pts):
-                coords = torch.from_numpy(points_to_model(pts, emb.orig_hw, S)).to(dev)[None]
+                coords = torch.from_numpy(emb.to_model(pts, S)).to(dev)[None]
                 labels = torch.from_numpy(lab).to(dev)[None]
         if box is not None:
-            boxes = torch.from_numpy(box_to_model(box, emb.orig_hw, S)).to(dev)[None]
+            b = np.asarray(box, dtype=np.float32).reshape(2, 2)
+            boxes = torch.from_numpy(emb.to_model(b, S).reshape(4)).to(dev)[None]
         if coords is None and boxes is None:
             raise ValueError("predict needs at least one point or a box")
         logits, scores = self.model.decode(emb.embedding, coords, labels, boxes, context=emb.context)
-        full = upsample_logits(logits, emb.orig_hw)[0]
+        full = emb.logits_to_image(logits)[0]
         prob = torch.sigmoid(full).cpu().numpy().astype(np.float32)
         return MaskPrediction(prob=prob, mask=prob > 0.5, score=float(scores[0]),
                               low_res_logits=logits[0].float().cpu().numpy())

@@ -113,3 +113,46 @@ def sample_logits_at(logits: torch.Tensor, xy: torch.Tensor, frame: int) -> torc
     out = F.grid_sample(logits[:, None].float(), grid.to(logits.device), mode="bilinear",
                         padding_mode="border", align_corners=False)
     return out[:, 0, 0, :]
+
+
+# -- native-resolution frame (variants with ``resize == "pad"``) ------------------------------------
+# The model frame is the original image padded bottom/right to a multiple of the stride: original
+# pixel (x, y) is model pixel (x, y); low-resolution logits are at stride 4 of the padded frame.
+
+
+def to_tensor(image: np.ndarray, device: Optional[torch.device] = None) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 1x3xHxW float32 in [0, 255] (no resampling)."""
+    arr = np.ascontiguousarray(check_image(image))
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr).to(device=device).permute(2, 0, 1).unsqueeze(0).float()
+
+
+def padded_hw(hw: Tuple[int, int], multiple: int) -> Tuple[int, int]:
+    """(H, W) rounded up to multiples of ``multiple``."""
+    return (-(-int(hw[0]) // multiple) * multiple, -(-int(hw[1]) // multiple) * multiple)
+
+
+def native_logits_to_image(logits: torch.Tensor, orig_hw: Tuple[int, int],
+                           out_hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Kxhxw stride-4 logits of a padded native frame -> KxHxW over the original image.
+
+    The logits covering the image are upsampled 4x (bilinear, half-pixel centres) and cropped to
+    ``orig_hw``; with a different ``out_hw`` that map is then resized (bilinear).
+    """
+    H, W = int(orig_hw[0]), int(orig_hw[1])
+    lh, lw = -(-H // 4), -(-W // 4)
+    lo = logits[..., :lh, :lw].float()
+    full = F.interpolate(lo[None], size=(4 * lh, 4 * lw), mode="bilinear", align_corners=False)[0][..., :H, :W]
+    if out_hw is not None and tuple(out_hw) != (H, W):
+        full = F.interpolate(full[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
+    return full
+
+
+def native_grid_points(n_per_side: int, orig_hw: Tuple[int, int]) -> np.ndarray:
+    """SAM's point grid over an original HxW image: (n*n)x2 (x, y) pixels, row-major, x fastest."""
+    offset = 1.0 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs = np.tile((side * orig_hw[1])[None, :], (n_per_side, 1))
+    ys = np.tile((side * orig_hw[0])[:, None], (1, n_per_side))
+    return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1).astype(np.float32)

@@ -47,7 +47,7 @@ def calibrate(model, data: Sequence[Any], *, thresholds: Sequence[float] = THRES
             item = data[i]
             gt = np.asarray(item.labels)
             emb, _ = pred.embed(item.image)
-            grid = decode_grid(model, emb.embedding, grid_size, context=emb.context)
+            grid = decode_grid(model, emb.embedding, grid_size, context=emb.context, orig_hw=emb.orig_hw)
             for t, iou in scores:
                 res = partition_from_grid(grid, emb.embedding[0], model.config.img_size, emb.orig_hw, "auto",
                                           seed=seed, single_source_threshold=t, iou_threshold=iou)

@@ -63,7 +63,7 @@ def evaluate_partition(
             image, gt = item.image, np.asarray(item.labels)
             k_true = max(1, _num_sources(gt))
             emb, _ = predictor.embed(image)
-            grid = decode_grid(model, emb.embedding, grid_size, context=emb.context)
+            grid = decode_grid(model, emb.embedding, grid_size, context=emb.context, orig_hw=emb.orig_hw)
             hw = emb.orig_hw
             e = emb.embedding[0]
             S = model.config.img_size

@@ -38,6 +38,26 @@ def random_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     return image[y0 : y0 + ch, x0 : x0 + cw], labels[y0 : y0 + ch, x0 : x0 + cw]
 
 
+#: Padding colour of native crops: the ImageNet pixel mean (0 after normalisation).
+PAD_RGB = (124, 116, 104)
+
+
+def native_crop(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator):
+    """Random ``size x size`` crop at native resolution; smaller images are padded bottom/right
+    with :data:`PAD_RGB` and IGNORE labels (as inference pads)."""
+    h, w = labels.shape
+    if h < size or w < size:
+        ph, pw = max(size - h, 0), max(size - w, 0)
+        image = np.concatenate([image, np.broadcast_to(np.array(PAD_RGB, np.uint8), (h, pw, 3))], axis=1) if pw else image
+        labels = np.pad(labels, ((0, 0), (0, pw)), constant_values=IGNORE) if pw else labels
+        image = np.concatenate([image, np.broadcast_to(np.array(PAD_RGB, np.uint8), (ph, w + pw, 3))], axis=0) if ph else image
+        labels = np.pad(labels, ((0, ph), (0, 0)), constant_values=IGNORE) if ph else labels
+        h, w = labels.shape
+    y0 = int(rng.integers(0, h - size + 1))
+    x0 = int(rng.integers(0, w - size + 1))
+    return image[y0 : y0 + size, x0 : x0 + size], labels[y0 : y0 + size, x0 : x0 + size]
+
+
 @dataclass
 class PromptSampleConfig:
     img_size: int
@@ -48,6 +68,9 @@ class PromptSampleConfig:
     augment: bool = True
     crop_prob: float = 0.5
     seed: int = 0
+    # Native variants: a random img_size x img_size crop at the image's own resolution (padded with
+    # the pixel mean and ignored labels when the image is smaller); never resampled.
+    native: bool = False
 
 
 class PromptTrainingSet(Dataset):
@@ -76,7 +99,11 @@ class PromptTrainingSet(Dataset):
         rng = np.random.default_rng([cfg.seed, self.epoch, int(index)])
         item = self.reader[index]
         image, labels = item.image, item.labels
-        if cfg.augment:
+        if cfg.native:
+            image, labels = native_crop(image, labels, cfg.img_size, rng)
+            if cfg.augment and rng.random() < 0.5:
+                image, labels = image[:, ::-1], labels[:, ::-1]
+        elif cfg.augment:
             if rng.random() < cfg.crop_prob:
                 image, labels = random_crop(image, labels, rng)
             if rng.random() < 0.5:

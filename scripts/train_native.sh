@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The recipe of the embedded default model (safire/weights/safire-native-default.pt): the native-
+# resolution variant, trained on native-resolution crops of synthetic composites, on CPU.
+#
+#   bash scripts/train_native.sh STAGE [WORK_DIR]        STAGE: data | a | b | ship | all
+#
+#   data  synthetic training sets (bundled photos: synth-a; the installed pool, `make photos`:
+#         synth-b) and held-out validation/test sets (held-out photos only)
+#   a     point-prompt training from random weights on synth-a (resumable: run it again)
+#   b     continue from a (or from the shipped model with INIT=...) on synth-b (resumable)
+#   ship  calibrate automatic mode on the validation mix, store fp16, evaluate on the test sets
+#
+# Every run checkpoints to WORK_DIR/runs/<stage>/last.pt every 250 steps and resumes from it, so a
+# killed run loses at most 250 steps. Seeds are fixed. SAFIRE_THREADS (default 2) sets torch
+# threads; AMP=--no-amp turns bf16 autocast off. On a GPU use scripts/train_native_gpu.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGE=${1:-all}
+W=${2:-/work/data}
+PY=.venv/bin/python
+T=${SAFIRE_THREADS:-2}
+AMP=${AMP:---amp}
+STEPS_A=${STEPS_A:-3000}
+STEPS_B=${STEPS_B:-6000}
+COMMON=(--variant native --batch-size 8 --num-pairs 3 --r2r-weight 0.1 --pool-prob 0.25 --trainable all
+        --val-every 1000 --val-limit 32 --save-every 250 --log-every 50 --workers 1 --threads "$T" --device cpu "$AMP")
+
+data() {
+  [ -f "$W/synth-a/manifest.json" ] || $PY -m training.synth --out "$W/synth-a" --n 3000 --sources 1-4 \
+    --authentic-fraction 0.2 --seed 101 --split train --size-min 320 --size-max 640 --workers 2 --quiet
+  [ -f "$W/val-mix/manifest.json" ] || $PY -m training.synth --out "$W/val-mix" --n 64 --sources 1-4 \
+    --authentic-fraction 0.25 --seed 201 --split val --size-min 320 --size-max 768 --quiet
+}
+
+stage_a() {
+  $PY -m training.train --data "$W/synth-a" --val "$W/val-mix" --out-dir "$W/runs/a" --steps "$STEPS_A" \
+    --lr 6e-4 --warmup-steps 200 --seed 2026 --model-version safire-native-a "${COMMON[@]}" --resume
+}
+
+stage_b() {
+  local init=${INIT:-$W/runs/a/last.pt}
+  $PY -m training.train --data "$W/synth-b" --val "$W/val-mix" --out-dir "$W/runs/b" --steps "$STEPS_B" \
+    --init-checkpoint "$init" --lr 4e-4 --warmup-steps 100 --seed 2027 --model-version safire-native-synth-v2 \
+    "${COMMON[@]}" --resume
+}
+
+case "$STAGE" in
+  data) data ;;
+  a) data; stage_a ;;
+  b) stage_b ;;
+  all) data; stage_a; stage_b ;;
+  *) echo "unknown stage $STAGE (data | a | b | all)" >&2; exit 2 ;;
+esac
