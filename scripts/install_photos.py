@@ -58,7 +58,7 @@ from training.photos import MANIFEST, MANIFEST_FORMAT, PHOTO_SPECS, photo_dir, s
 Image.MAX_IMAGE_PIXELS = 64_000_000  # the largest wallpapers are 6028x3391
 
 #: Bump when the selection or conversion logic changes in a way that must redo installed packages.
-RULES_VERSION = 2
+RULES_VERSION = 4
 DEFAULT_MAX_SIDE = 2048
 
 
@@ -143,6 +143,48 @@ EXCLUDE: Dict[str, str] = {
              "left03", "left04", "left05", "left07", "left08", "left09", "left11", "left12",
              "left13", "left14"),
     "opencv-doc--right[01]?": "calibration series: near-duplicates of one scene",
+    # tuxpaint-stamps-default: 779 PNG stamps with alpha; the photographic cut-outs are kept
+    "tuxpaint-stamps-default--*cartoon*": DRAWING,
+    "tuxpaint-stamps-default--*_mirror": "mirrored copy of another stamp",
+    "tuxpaint-stamps-default--symbols-*": DRAWING + " (letters, signs, chess, math, music)",
+    "tuxpaint-stamps-default--town-flags-*": DRAWING,
+    "tuxpaint-stamps-default--town-roadsigns-*": DRAWING,
+    "tuxpaint-stamps-default--clothes-*": DRAWING,
+    "tuxpaint-stamps-default--space-planets-*": "planet render / composite",
+    **_names("tuxpaint-stamps-default", DRAWING, "animals-insects-bee", "animals-insects-fly",
+             "animals-mammals-aquatic-orca", "animals-mammals-aquatic-whale",
+             "animals-mammals-echidna", "animals-mammals-hedgehog",
+             "animals-mammals-rhino_black", "household-arttools-highlighter",
+             "household-dishes-mug", "medical-tooth", "people-body_parts-eye", "food-pizza",
+             "seasonal-christmas-Santa", "seasonal-christmas-bow", "seasonal-christmas-candy_cane",
+             "seasonal-christmas-hard_candy", "seasonal-christmas-santahat",
+             "seasonal-christmas-star", "seasonal-christmas-stocking", "seasonal-christmas-tree",
+             "seasonal-christmas-xmas_tp_bulb", "seasonal-easter-bluebird",
+             "seasonal-easter-bunny-egg", "seasonal-easter-bunny-head", "seasonal-easter-bunny",
+             "seasonal-easter-butterfly", "seasonal-easter-chick-hatched",
+             "seasonal-easter-chick-in-egg", "seasonal-easter-chick", "seasonal-easter-daffodil",
+             "seasonal-halloween-bat_left", "seasonal-halloween-blackcat",
+             "seasonal-halloween-jackolantern_mean", "seasonal-halloween-skull",
+             "seasonal-halloween-spider", "seasonal-hanukkah-*", "seasonal-newyears-*",
+             "town-monuments-inukshuk-outline", "vehicles-7spoke256",
+             "vehicles-emergency-sedan_police", "vehicles-ship-chineseJunk"),
+    **_names("tuxpaint-stamps-default", "render / not clearly a photograph",
+             "naturalforces-explosion", "naturalforces-fire", "space-voyager2",
+             "space-moon-moon_crescent"),
+    # gcompris-qt-data: 882 images in 186 .rcc files; 320 pass the automatic checks (opaque,
+    # >= 200 px); paintings, drawings and puzzle fragments are excluded here
+    "gcompris-qt-data--babyshapes--*": "painting / puzzle fragment",
+    "gcompris-qt-data--paintings--*": "painting",
+    **_names("gcompris-qt-data", "painting", "details--image-Eglise_dAuvers-sur-Oise_background",
+             "details--image-Gogh4_background", "details--image-PortraitOfPereTanguy_background",
+             "details--image-Van_Gogh_The_Night_Cafe_background",
+             "details--image-VincentVanGogh0012_background",
+             "details--image-VincentVanGogh0013_background",
+             "details--image-VincentVanGogh0019_background",
+             "details--image-VincentVanGoghBridge_background"),
+    **_names("gcompris-qt-data", DRAWING, "digital_electricity--texture01",
+             "digital_electricity--texture02", "louis-braille--chart",
+             "louis-braille--night_printing", "louis-braille--braille_ball"),
 }
 
 #: Photos of one scene (stereo pairs, the same object from two positions): one split for all.
@@ -158,8 +200,29 @@ GROUPS: Dict[str, str] = {
     **{f"opencv-doc--{n}": "opencv-doc--calib" for n in ("left02", "left06")},
 }
 
-#: Relative weights (host/donor probability); default 1.0.
+#: Landmarks photographed for several GCompris activities: one group per landmark, in case two
+#: activities use the same photograph (cropped differently, so the hash check would miss it).
+LANDMARKS = ("eiffel", "tajmahal", "brandenburg", "pyramid", "colosseum", "statueofliberty",
+             "mountrushmore", "christtheredeemer", "greatwall", "opera", "chenonceau",
+             "neuschwanstein", "victoriamemorial", "minar", "capitol", "louvre", "lemusee")
+
+
+def _group_of(name: str) -> str:
+    if name in GROUPS:
+        return GROUPS[name]
+    if name.startswith("gcompris-qt-data--"):
+        low = name.lower().replace("_", "")
+        for key in LANDMARKS:
+            if key in low:
+                return f"gcompris-qt-data--landmark-{key}"
+    return name
+
+
+#: Relative weights (host/donor probability); default 1.0. Keys are fnmatch patterns.
 WEIGHTS: Dict[str, float] = {
+    # product shots on a plain white background: real photos, but mostly flat background
+    "gcompris-qt-data--categorization--images-tools-*": 0.5,
+    "gcompris-qt-data--categorization--images-others-*": 0.5,
     "opencv-doc--left02": 0.3, "opencv-doc--left06": 0.3, "opencv-doc--sudoku": 0.5,
     "lomiri-wallpapers-16.04--analogpattern_by_Peter_Nerlich": 0.5,
 }
@@ -195,6 +258,9 @@ class Copyright:
                 pats = fields["files"].split()
                 lic = fields.get("license", "").split("\n")[0].strip()
                 cop = fields.get("copyright", "").split("\n")[0].strip()
+                url = fields.get("comment", "").split("\n")[0].strip()
+                if url.startswith("http"):  # where the file came from (e.g. Wikimedia Commons)
+                    cop = f"{cop} ({url})" if cop else url
                 self.stanzas.append((pats, lic, cop))
 
     @classmethod
@@ -217,7 +283,7 @@ class Copyright:
                 return hit
         for pats, lic, cop in self.stanzas:
             if "*" in pats:
-                return lic, cop
+                return f"{lic} (package-wide)", cop
         return "", ""
 
 
@@ -431,7 +497,10 @@ def find_gcompris(root: str, cr: Copyright) -> Iterator[Candidate]:
             if name in seen:  # the same file packed into two activities' rcc files
                 continue
             seen[name] = 1
-            lic, cop = cr.lookup(src)
+            # debian/copyright names the source files (.jpg/.png/.svg), packed as .webp
+            base = os.path.splitext(src)[0]
+            lic, cop = cr.lookup(src, *(base + e for e in (".jpg", ".jpeg", ".png", ".JPG",
+                                                           ".svg", ".svgz", ".webp")))
             yield Candidate(name, pkg, _rel(root, rcc) + ":" + inner, data, licence=lic,
                             copyright=cop)
 
@@ -546,7 +615,7 @@ def convert(c: Candidate, max_side: int) -> Tuple[Optional[Stored], str]:
             if (a < 250).mean() > 0.01:  # a few soft edge pixels are flattened away
                 return None, "host with transparency"
         im = im.convert("RGB")
-    if max(w0, h0) < 200 and c.kind == "host":
+    if max(w0, h0) < (200 if c.kind == "host" else 64):
         return None, f"too small ({w0}x{h0})"
     scale = 1.0
     if max(w0, h0) > max_side:
@@ -615,6 +684,7 @@ def fetch(package: str, workdir: str, deb_dir: Optional[str]) -> Tuple[str, str]
 def rules_fingerprint(package: str, max_side: int) -> str:
     rules = sorted((k, v) for k, v in EXCLUDE.items() if k.startswith(package + "--"))
     groups = sorted((k, v) for k, v in GROUPS.items() if k.startswith(package + "--"))
+    groups.append(("landmarks", ",".join(LANDMARKS)))
     weights = sorted((k, v) for k, v in WEIGHTS.items() if k.startswith(package + "--"))
     blob = json.dumps([RULES_VERSION, max_side, rules, groups, weights])
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -679,8 +749,9 @@ def install_package(src: Source, dest: str, man: Dict, workdir: str, deb_dir: Op
         if why:
             skipped[c.name] = "excluded: " + why
             continue
-        c.group = GROUPS.get(c.name, c.group or c.name)
-        c.weight = WEIGHTS.get(c.name, c.weight)
+        c.group = _group_of(c.name)
+        c.weight = next((w for pat, w in WEIGHTS.items() if fnmatch.fnmatchcase(c.name, pat)),
+                        c.weight)
         st, why = convert(c, max_side)
         if st is None:
             skipped[c.name] = why
@@ -737,6 +808,8 @@ def contact_sheets(src: Source, out: str, workdir: str, deb_dir: Optional[str],
     root, _ = fetch(src.package, workdir, deb_dir)
     cr = Copyright.of(root, src.package)
     cands = [c for c in src.find(root, cr) if show_excluded or not excluded(c.name)]
+    # only what the automatic checks would keep (decodable, big enough, usable alpha, ...)
+    cands = [c for c in cands if convert(c, 256)[0] is not None]
     os.makedirs(out, exist_ok=True)
     index = []
     for s in range(0, len(cands), per_sheet):
@@ -805,7 +878,8 @@ def docs_table(man: Dict) -> str:
     for e in photos:
         star = "*" if e.get("scale", 1.0) != 1.0 else ""
         lic = e["licence"].replace("|", "/")
-        path = e["path"].replace("|", "/")
+        path = e["path"].replace("|", "/").replace("/usr/share/gcompris-qt/rcc/", "").replace(
+            ":/gcompris/src/activities/", ":…/")
         lines.append(f"| {e['name'].split('--', 1)[1]} | {e['package']} | `{path}` | "
                      f"{e['width']}x{e['height']}{star} | {lic} | {e['kind']} | "
                      f"{'grey' if e['grey'] else ''} | {e['split']} |")

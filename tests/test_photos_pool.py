@@ -193,7 +193,7 @@ def test_install_script_helpers(tmp_path):
                       "License: CC-BY-SA-4.0\n\nFiles: src/x/y.webp\nLicense: public-domain\n")
     assert cr.lookup("src/x/y.webp") == ("public-domain", "")
     assert cr.lookup("src/x/z.webp") == ("CC-BY-SA-4.0", "Me")
-    assert cr.lookup("other") == ("GPL-3+", "")
+    assert cr.lookup("other") == ("GPL-3+ (package-wide)", "")
     # the flat-colour pre-filter separates a drawing from noise
     flat = Image.new("RGB", (64, 64), (10, 200, 30))
     noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
