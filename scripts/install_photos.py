@@ -6,7 +6,8 @@ installed), extracts them with ``dpkg-deb -x``, picks the photographs and writes
 ``manifest.json`` into ``${SAFIRE_PHOTO_DIR:-~/.cache/safire-studio/photos}``;
 ``training/photos.py`` reads that folder. Nothing is stored in git.
 
-* JPEG / PNG files are kept byte for byte; other formats (WebP inside GCompris' Qt ``.rcc``
+* JPEG / PNG files are kept byte for byte (also the JPEG entries of Enlightenment's ``.edj``
+  files); other formats (WebP inside GCompris' Qt ``.rcc``
   resource files) are decoded once and stored as PNG. Photos whose long side exceeds
   ``--max-side`` are downscaled once (Lanczos) and stored as PNG; the manifest records the scale.
 * Which files are photographs was decided by eye, from contact sheets (``--sheets DIR`` renders
@@ -44,8 +45,8 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -53,7 +54,7 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from training.photos import MANIFEST, MANIFEST_FORMAT, PHOTO_SPECS, photo_dir, split_of  # noqa: E402
+from training.photos import MANIFEST, MANIFEST_FORMAT, photo_dir, split_of  # noqa: E402
 
 Image.MAX_IMAGE_PIXELS = 64_000_000  # the largest wallpapers are 6028x3391
 
@@ -171,6 +172,10 @@ EXCLUDE: Dict[str, str] = {
     **_names("tuxpaint-stamps-default", "render / not clearly a photograph",
              "naturalforces-explosion", "naturalforces-fire", "space-voyager2",
              "space-moon-moon_crescent"),
+    # enlightenment-data: 23 .edj backgrounds (19 with an embedded JPEG), 14 photographs
+    **_names("enlightenment-data", RENDER, "Dunes", "Flat-Fan", "Flat-Stone-Pattern",
+             "Sunset-Hills"),
+    "enlightenment-data--Paper-Flower": "flat paper texture",
     # gcompris-qt-data: 882 images in 186 .rcc files; 320 pass the automatic checks (opaque,
     # >= 200 px); paintings, drawings and puzzle fragments are excluded here
     "gcompris-qt-data--babyshapes--*": "painting / puzzle fragment",
@@ -223,6 +228,7 @@ WEIGHTS: Dict[str, float] = {
     # product shots on a plain white background: real photos, but mostly flat background
     "gcompris-qt-data--categorization--images-tools-*": 0.5,
     "gcompris-qt-data--categorization--images-others-*": 0.5,
+    "enlightenment-data--Foggy-Trees": 0.3,  # a real photo, but almost uniform dark fog
     "opencv-doc--left02": 0.3, "opencv-doc--left06": 0.3, "opencv-doc--sudoku": 0.5,
     "lomiri-wallpapers-16.04--analogpattern_by_Peter_Nerlich": 0.5,
 }
@@ -505,24 +511,47 @@ def find_gcompris(root: str, cr: Copyright) -> Iterator[Candidate]:
                             copyright=cop)
 
 
+def read_eet_jpegs(blob: bytes) -> List[Tuple[str, bytes]]:
+    """The plain-JPEG entries of an Eet file (what Edje ``.edj`` themes are): ``(key, data)``.
+
+    Eet v2 layout (magic ``0x1ee70f42``): entry count, dictionary count, then per entry six
+    big-endian int32: offset, size, data size, name offset, name size, flags. Images stored
+    "lossy" without alpha are plain JPEG streams (``FF D8``) in uncompressed entries; other
+    entries (lossless or compressed images, scripts, ...) are ignored.
+    """
+    if len(blob) < 12 or struct.unpack(">I", blob[:4])[0] != 0x1EE70F42:
+        raise ValueError("not an Eet v2 file")
+    n, _ = struct.unpack(">ii", blob[4:12])
+    out = []
+    for i in range(n):
+        off, size, dsize, noff, nsize, flags = struct.unpack(">6i", blob[12 + 24 * i:36 + 24 * i])
+        data = blob[off:off + size]
+        if size == dsize and data[:3] == b"\xff\xd8\xff":
+            out.append((blob[noff:noff + nsize].rstrip(b"\0").decode("utf-8", "replace"), data))
+    return out
+
+
 def find_enlightenment(root: str, cr: Copyright) -> Iterator[Candidate]:
-    """Wallpapers inside ``.edj`` files, decoded with ``edje_decc`` (libedje-bin)."""
+    """Wallpapers inside Edje ``.edj`` (Eet) files: the largest embedded JPEG of each (read
+    directly; ``edje_decc`` is not needed)."""
     pkg = "enlightenment-data"
     lic, cop = cr.lookup("*")
     for edj in sorted(glob.glob(os.path.join(root, "usr/share/enlightenment/data/backgrounds/*.edj"))):
-        with tempfile.TemporaryDirectory() as tmp:
-            r = subprocess.run(["edje_decc", edj, "-main-out", tmp, "-no-build-sh"], cwd=tmp,
-                               capture_output=True)
-            if r.returncode != 0:
+        try:
+            jpegs = read_eet_jpegs(_read(edj))
+        except (ValueError, struct.error):
+            continue
+        best, best_px = None, 0
+        for key, data in jpegs:
+            try:
+                w, h = Image.open(io.BytesIO(data)).size
+            except Exception:  # noqa: BLE001
                 continue
-            imgs = [p for p in glob.glob(os.path.join(tmp, "**", "*"), recursive=True)
-                    if p.lower().endswith(IMG_EXT)]
-            if not imgs:
-                continue
-            best = max(imgs, key=os.path.getsize)
-            yield Candidate(f"{pkg}--{_slug(_stem(edj))}", pkg,
-                            _rel(root, edj) + ":" + os.path.basename(best), _read(best),
-                            licence=lic, copyright=cop)
+            if w * h > best_px:
+                best, best_px = (key, data), w * h
+        if best:
+            yield Candidate(f"{pkg}--{_slug(_stem(edj))}", pkg, _rel(root, edj) + ":" + best[0],
+                            best[1], licence=lic, copyright=cop)
 
 
 SOURCES: Tuple[Source, ...] = (
@@ -538,10 +567,9 @@ SOURCES: Tuple[Source, ...] = (
     Source("opencv-doc", find_opencv, "OpenCV sample data"),
     Source("tuxpaint-stamps-default", find_stamps, "Tux Paint stamps (photo cut-outs)"),
     Source("gcompris-qt-data", find_gcompris, "GCompris activity images (WebP in Qt .rcc)"),
-    Source("enlightenment-data", find_enlightenment, "Enlightenment wallpapers (.edj)",
-           optional=True, needs=("edje_decc",)),
+    Source("enlightenment-data", find_enlightenment, "Enlightenment wallpapers (JPEG in .edj)"),
 )
-DEFAULT_PACKAGES = tuple(s.package for s in SOURCES if s.package != "enlightenment-data")
+DEFAULT_PACKAGES = tuple(s.package for s in SOURCES)
 
 
 # ---------------------------------------------------------------------------------------------

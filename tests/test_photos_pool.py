@@ -198,3 +198,25 @@ def test_install_script_helpers(tmp_path):
     flat = Image.new("RGB", (64, 64), (10, 200, 30))
     noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
     assert ip.looks_flat(flat) > 0.9 > 0.2 > ip.looks_flat(noisy)
+
+
+def test_eet_reader():
+    """Enlightenment .edj (Eet v2) files: plain JPEG entries are found by the directory."""
+    import io
+    import struct
+    ip = _script()
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 100, 50)).save(buf, format="JPEG")
+    jpeg = buf.getvalue()
+    other = b"not an image"
+    name1, name2 = b"edje/images/0\0", b"edje/file\0"
+    head = 12 + 2 * 24
+    offs = [head, head + len(jpeg), head + len(jpeg) + len(other),
+            head + len(jpeg) + len(other) + len(name1)]
+    blob = (struct.pack(">Iii", 0x1EE70F42, 2, 0)
+            + struct.pack(">6i", offs[0], len(jpeg), len(jpeg), offs[2], len(name1), 0)
+            + struct.pack(">6i", offs[1], len(other), len(other), offs[3], len(name2), 0)
+            + jpeg + other + name1 + name2)
+    assert ip.read_eet_jpegs(blob) == [("edje/images/0", jpeg)]
+    with pytest.raises(ValueError):
+        ip.read_eet_jpegs(b"qres" + b"\0" * 20)
