@@ -2,7 +2,12 @@
 #
 #   docker build -t safire-studio .                               # CPU (default)
 #   docker build -t safire-studio:gpu --build-arg DEVICE=cuda .   # CUDA build of torch
-#   docker run -p 9090:9090 -e LABEL_STUDIO_URL=http://ls:8080 -e LABEL_STUDIO_API_KEY=... safire-studio
+#   docker run -p 127.0.0.1:9090:9090 -e LABEL_STUDIO_URL=http://ls:8080 -e LABEL_STUDIO_API_KEY=... \
+#       -e BASIC_AUTH_USER=labelstudio -e BASIC_AUTH_PASS=<a long random password> safire-studio
+#
+# Inside the container the server listens on 0.0.0.0, so it refuses to start without BASIC_AUTH_USER
+# and BASIC_AUTH_PASS (enter the same pair in Label Studio: Connect Model > Authentication: Basic
+# Authentication) unless SAFIRE_ALLOW_UNAUTHENTICATED=true says otherwise (docs/security.md).
 #
 # The embedded default model ships inside the image (safire/weights/); mount the official
 # safire.pth and set SAFIRE_CHECKPOINT to use it. Fine-tuned versions go to MODEL_DIR (a volume).

@@ -8,9 +8,12 @@ thread count (SAFIRE_THREADS) is applied when each worker starts, before the mod
 """
 
 from ml_backend.serve import configure_logging, configure_torch, gunicorn_options
-from ml_backend.settings import Settings
+from ml_backend.settings import Settings, SettingsError
 
-_settings = Settings.from_env()
+try:
+    _settings = Settings.from_env()
+except SettingsError as _e:  # e.g. HOST=0.0.0.0 without BASIC_AUTH_USER/PASS: say why, do not start
+    raise SystemExit(f"safire backend: {_e}") from None
 _opts = gunicorn_options(_settings)
 
 bind = _opts["bind"]

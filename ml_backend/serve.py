@@ -24,11 +24,25 @@ from .settings import Settings, SettingsError
 log = logging.getLogger("safire.serve")
 
 
+class SafeFormatter(logging.Formatter):
+    """Log lines whose message cannot contain line breaks or terminal escapes (tracebacks excepted).
+
+    The backend escapes request-supplied strings itself (``ml_backend.fetch.log_text``); this is
+    the net under it, so one log record is always one line.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        msg = record.message
+        if not msg.isprintable():
+            record.message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in msg)
+        return super().formatMessage(record)
+
+
 def configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("werkzeug").setLevel(max(logging.WARNING, root.level))
@@ -53,10 +67,16 @@ def _banner(settings: Settings, app: Any, where: Optional[str]) -> str:
     meta = getattr(base.model, "meta", {}) or {}
     ls = settings.label_studio_url or "(LABEL_STUDIO_URL not set: only absolute/data: image URLs work)"
     head = f"safire ML backend listening on {where}" if where else "safire ML backend check OK"
+    if settings.auth_enabled:
+        access = "basic auth on"
+    elif settings.loopback_only:
+        access = "loopback only, no auth"
+    else:
+        access = (f"WARNING: no authentication on {settings.host} (SAFIRE_ALLOW_UNAUTHENTICATED): anyone "
+                  "who reaches this port can run predictions and start training")
     return (f"{head} (pid {os.getpid()}): model {base.version} "
             f"[{meta.get('variant')}, {settings.device}, {settings.threads} torch thread(s)], "
-            f"Label Studio {ls}, model dir {os.path.abspath(settings.model_dir)}"
-            + (", basic auth on" if settings.auth_enabled else ""))
+            f"Label Studio {ls}, model dir {os.path.abspath(settings.model_dir)}, {access}")
 
 
 def gunicorn_options(settings: Settings) -> Dict[str, Any]:
@@ -121,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safire serve", description="Run the Label Studio ML backend (gunicorn).",
                                 epilog="Every option also has an environment variable; see "
                                        "`python -m ml_backend.settings` for the full list.")
-    p.add_argument("--host", help="bind address (HOST, default 0.0.0.0)")
+    p.add_argument("--host", help="bind address (HOST, default 127.0.0.1; another address needs BASIC_AUTH_USER/PASS "
+                                  "or SAFIRE_ALLOW_UNAUTHENTICATED=true)")
     p.add_argument("-p", "--port", type=int, help="port (PORT, default 9090)")
     p.add_argument("--workers", type=int, help="gunicorn worker processes (WORKERS, default 1)")
     p.add_argument("--threads", type=int, help="request threads per worker (THREADS, default 8)")
