@@ -128,7 +128,8 @@ def work_hw(orig_hw: Tuple[int, int], max_sources: int, budget: int = PARTITION_
     if h * w <= limit:
         return h, w
     f = math.sqrt(limit / (h * w))
-    return max(1, int(h * f)), max(1, int(w * f))
+    wh, ww = max(1, int(h * f)), max(1, int(w * f))
+    return wh, max(1, min(ww, limit // wh))  # a very thin image: the short side stays >= 1
 
 
 def embedding_key(url: str) -> str:
@@ -453,7 +454,7 @@ class Backend:
         k = tune.pop("num_sources")
         k_max = k if isinstance(k, int) else int({**calibrated_defaults(loaded.model), **tune}.get("max_sources", 4))
         orig_hw = (int(emb.orig_hw[0]), int(emb.orig_hw[1]))
-        work = work_hw(orig_hw, k_max)
+        work = work_hw(orig_hw, k_max, PARTITION_MAP_BYTES)
         t0 = time.perf_counter()
         with self.gate(False):
             res = partition(loaded.predictor, emb, k, out_hw=None if work == orig_hw else work, **tune)

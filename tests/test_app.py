@@ -238,7 +238,12 @@ def test_setup_without_schema_is_400(client):
 
 
 def test_batch_preannotation_fixture(client):
-    r = client.post("/predict", json=predict_body(BATCH))
+    # the captured batch, with the captured config asking for two sources (no authentic gate), so
+    # every task gets its "Tampered" region and the checks below run on real regions
+    config = FIXTURE_CONFIG.replace('<BrushLabels name="mask" toName="image">',
+                                    '<BrushLabels name="mask" toName="image" safire_sources="2">')
+    assert config != FIXTURE_CONFIG
+    r = client.post("/predict", json=predict_body(BATCH, config))
     assert r.status_code == 200
     results = r.json["results"]
     assert len(results) == 2
@@ -246,11 +251,14 @@ def test_batch_preannotation_fixture(client):
     for res, size in zip(results, sizes):
         assert set(res) >= {"result", "score", "model_version"} and "error" not in res
         assert res["model_version"] == "micro-test" and 0 <= res["score"] <= 1
+        assert len(res["result"]) == 1, "binary mode: one region, the union of the non-host sources"
         for region in res["result"]:
             assert region["from_name"] == "mask" and region["to_name"] == "image"
-            assert region["value"]["brushlabels"] == ["Tampered"]
+            assert region["value"]["brushlabels"] == ["Tampered"] and region["type"] == "brushlabels"
+            assert (region["original_height"], region["original_width"]) == size
             mask = decode_region(region)
-            assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
+            assert mask.shape == size and set(np.unique(mask)) == {0, 255}
+            assert 0 < region["score"] <= 1
 
 
 def test_one_bad_task_in_three_gives_one_empty_prediction(client, caplog):
@@ -601,11 +609,29 @@ def test_model_loaded_once_per_app(ls, checkpoint, tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
-def test_job_manager_created_lazily_when_not_injected(ls, checkpoint, registry):
+def test_job_manager_created_when_not_injected(ls, checkpoint, registry):
+    from ml_backend.jobs import JobManager
+
+    app = create_app(make_settings(ls.url, checkpoint), registry=registry)
+    assert isinstance(app.extensions["safire"].jobs(), JobManager)
+    r = app.test_client().get("/jobs")
+    assert r.status_code == 200 and r.json == {"jobs": []}
+
+
+def test_unavailable_job_manager_gives_503_and_serving_goes_on(ls, checkpoint, registry, monkeypatch):
+    import ml_backend.jobs
+
+    def broken(*a, **kw):
+        raise ImportError("training extras missing")
+
+    monkeypatch.setattr(ml_backend.jobs, "JobManager", broken)
     client = create_app(make_settings(ls.url, checkpoint), registry=registry).test_client()
     r = client.get("/jobs")
-    assert r.status_code in (200, 503)
-    assert ("jobs" in r.json) if r.status_code == 200 else ("unavailable" in r.json["message"])
+    assert r.status_code == 503 and "retraining is unavailable" in r.json["message"]
+    assert "training extras missing" in r.json["message"]
+    req = next(x for x in FIXTURES if x.get("action") == "START_TRAINING")
+    assert client.post("/webhook", json=webhook_body(req)).status_code == 503
+    assert client.post("/predict", json=predict_body(CLICK)).status_code == 200
 
 
 def test_serve_check_and_options(checkpoint, tmp_path, monkeypatch, capsys):
@@ -640,6 +666,53 @@ def test_interactive_context_with_empty_result_is_not_a_partition(client):
                                       "params": {"context": {"result": []}}})
     assert r.status_code == 200 and r.json["results"][0]["result"] == []
     assert "404" not in r.json["results"][0]["error"] and "context" in r.json["results"][0]["error"]
+
+
+def test_large_partitions_keep_per_source_maps_at_a_working_resolution(client, monkeypatch):
+    """Above PARTITION_MAP_BYTES the partition runs at a lower resolution and each region is scaled
+    to the original size only when it is encoded: masks still match the image Label Studio shows."""
+    import importlib
+
+    import ml_backend.app as A
+
+    P = importlib.import_module("safire.partition")
+    seen = []
+    real = P.partition
+
+    def spy(predictor, image, num_sources="auto", **kw):
+        res = real(predictor, image, num_sources, **kw)
+        seen.append((kw.get("out_hw"), res.labels.shape, res.probs.shape))
+        return res
+
+    monkeypatch.setattr(P, "partition", spy)
+    config = MULTI.replace('safire_sources="auto"', 'safire_sources="3"')
+    task = {"id": 41, "data": {"image": "/data/upload/1/8e5f7079-test2.jpg"}}  # 640x480
+    body = {"tasks": [task], "project": "1.1795310459", "label_config": config, "params": {"context": None}}
+    full = client.post("/predict", json=body).json["results"][0]
+    monkeypatch.setattr(A, "PARTITION_MAP_BYTES", 20 * 3 * 120 * 160)  # room for 3 maps of 160x120
+    small = client.post("/predict", json=body).json["results"][0]
+    (hw_full, lab_full, _), (hw_small, lab_small, probs_small) = seen
+    assert hw_full is None and lab_full == (480, 640)
+    assert hw_small == lab_small == (120, 160) and probs_small[1:] == (120, 160)
+    for res in (full, small):
+        assert "error" not in res and res["result"]
+        for region in res["result"]:
+            assert (region["original_height"], region["original_width"]) == (480, 640)
+            assert decode_region(region).shape == (480, 640)
+    # the same labels, the same sources, masks that agree up to the coarser boundary
+    assert [r["value"]["brushlabels"] for r in small["result"]] == [r["value"]["brushlabels"] for r in full["result"]]
+    a = decode_region(full["result"][0]) > 0
+    b = decode_region(small["result"][0]) > 0
+    assert (a == b).mean() > 0.9
+
+
+def test_work_hw():
+    from ml_backend.app import work_hw
+
+    assert work_hw((480, 640), 4) == (480, 640)
+    h, w = work_hw((5000, 8000), 16, budget=256 * 2**20)
+    assert 20 * 16 * h * w <= 256 * 2**20 and abs(w / h - 1.6) < 0.01
+    assert work_hw((3, 100_000), 2, budget=1000) == (1, 25)
 
 
 def test_binary_projects_use_two_sources_with_the_authentic_gate(client, monkeypatch):
