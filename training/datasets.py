@@ -492,6 +492,8 @@ _SAFIREMS_LEVELS = {0, 50, 100, 150, 200, 250}
 def open_dataset(path: str, root: Optional[str] = None, **kwargs: Any) -> _Reader:
     """Open a dataset, detecting its format.
 
+    * ``synth:SPLIT?n=..&seed=..`` -> samples generated on demand
+      (:class:`training.synth_reader.SynthReader`);
     * a folder with ``manifest.json`` (or ``images/`` plus ``sources/`` / ``masks_*``)
       -> :class:`SafireDataset`;
     * a ``.json`` list -> :class:`BinaryPairsDataset` (IMDL-BenCo);
@@ -501,6 +503,10 @@ def open_dataset(path: str, root: Optional[str] = None, **kwargs: Any) -> _Reade
     List paths are relative to ``root`` (default: the list file's folder). ``kwargs`` go to
     the reader.
     """
+    if path.startswith("synth:"):
+        from .synth_reader import SynthReader
+
+        return SynthReader.from_spec(path)
     if os.path.isdir(path):
         has_layout = os.path.isdir(os.path.join(path, "images")) and any(
             os.path.isdir(os.path.join(path, d))

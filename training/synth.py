@@ -1,13 +1,20 @@
 """Synthetic multi-source forgeries, in the spirit of SafireMS-Auto, from offline photos only.
 
-A sample is a *host* view of a bundled photograph (random crop, scale, flip, colour jitter) with
+A sample is a *host* view of a pool photograph (random crop, scale, flip, colour jitter) with
 ``num_sources - 1`` foreign regions painted on top, each of which carries its own low-level
-processing history (camera-like noise, blur, resampling, gamma, JPEG / double JPEG at its own grid
-phase). Manipulations:
+processing history. A history is camera-like: optics blur, photo-response non-uniformity (a
+per-source multiplicative fixed pattern), signal-dependent noise with its own level, spatial
+correlation, chroma share and per-channel gains, a colour-filter-array trace (the image re-sampled
+through a Bayer mosaic and demosaiced again, bilinearly or edge-directed, at the source's own
+pattern phase), tone / white balance, in-camera sharpening, JPEG / double JPEG at its own quality
+and 8x8 grid phase, resampling. Manipulations:
 
-* ``splicing``   -- a region from another photo (own view, own camera history);
+* ``splicing``   -- a region from another photo (own view, own camera history); when the region
+  is a photo cut-out it is pasted with the cut-out's own soft alpha; other splices may have a
+  feathered selection edge;
 * ``copy-move``  -- a region of the current image moved elsewhere (optionally scaled, rotated,
-  flipped), then locally processed;
+  flipped), then locally processed; a segment-shaped copy-move moves a real segment of the
+  host (the object at its source keeps its outline at the destination);
 * ``removal``    -- the region is inpainted (multiscale push-pull diffusion fill, optionally with
   high-frequency texture borrowed from a nearby area) and re-noised;
 * ``generative`` -- the region is re-synthesised: low-passed content (down/up-sampling by k), the
@@ -15,16 +22,27 @@ phase). Manipulations:
   ``strength``, colour drift and an optional faint periodic (upsampling-like) pattern;
 * ``retouch``    -- the region's own content processed locally (blur, sharpen, median, tone).
 
-Every sample then gets a global post-processing step (none / light JPEG / down-up resampling /
-noise / blur), authentic samples included, so "processed" never means "forged".
+Region shapes: geometric (polygon, ellipse, blob, rectangle), ``cutout`` (the alpha of a photo
+cut-out of the installed pool, :attr:`PhotoPool.cutouts`; skipped when none is installed) and
+``segment`` (a segment, or a union of neighbouring segments, of a Felzenszwalb or SLIC
+over-segmentation of the host view, so that the outline follows edges of the image). The share of
+each depends on the manipulation (:data:`OBJECT_SHARE`).
+
+Every sample then gets a global post-processing chain, authentic samples included, so
+"processed" never means "forged": none, basic (light JPEG / down-up resampling / noise / blur),
+``social`` (as a social network shares it: an earlier JPEG, a downscale to a long side of at most
+:data:`SOCIAL_MAX_SIDE` when larger -- the masks follow -- mild sharpening, JPEG q 70-85 4:2:0)
+or ``double-jpeg`` (two whole-image JPEGs, the first possibly at a shifted grid).
 
 Conventions: images are ``H x W x 3`` uint8 RGB; ``sources`` is an ``H x W`` uint8 index mask,
 ``0`` = the largest source (always the host), ``1..K-1`` the others by decreasing area. A pixel's
 label is the last source painted on it *before* the global post-processing (which may blend
-values across boundaries by a pixel or two). Output is a deterministic function of
-``(seed, index, num_sources, size_range, photo pool, difficulty)``: samples can be generated in any
-order or in parallel. Pillow's JPEG codec is part of the pipeline, so byte-identity across
-machines also needs the same libjpeg build.
+values across boundaries by a pixel or two; soft cut-out alphas and feathered edges count from
+alpha 0.5). Output is a deterministic function of ``(seed, index, num_sources, size_range, photo
+pool, difficulty)``: samples can be generated in any order or in parallel. Every random draw
+comes from ``_rng(seed, index, stream)``, one stream per purpose (see ``_S_*``). Pillow's JPEG
+codec is part of the pipeline, so byte-identity across machines also needs the same libjpeg
+build.
 
 CLI: ``python -m training.synth --out DIR --n N [--sources 1-4] ...`` writes the layout of
 ``docs/dataset-format.md``.
@@ -45,7 +63,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
-from skimage import draw
+from skimage import draw, segmentation
 
 from training.photos import Photo, PhotoPool
 
@@ -57,11 +75,22 @@ __all__ = [
     "write_dataset",
     "main",
     "MANIPULATIONS",
+    "OBJECT_SHARE",
+    "SOCIAL_MAX_SIDE",
     "SYNTH_VERSION",
 ]
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 _SALT = 0x5AF1E  # mixed into every seed sequence so other generators seeded alike differ
+# Random streams of a sample, ``_rng(seed, index, stream)``. 0 and 1 are the v1 streams (0: size,
+# photos, layout geometry, histories, rendering; 1: number of sources); the v2 additions draw from
+# their own streams so that the v1 draws keep their order where they still exist.
+_S_MAIN = 0
+_S_COUNT = 1
+_S_SHAPES = 2  # manipulation kinds, object-shaped regions (cut-outs, host segments, moves)
+_S_CAMERA = 3  # camera-history extensions (CFA, PRNU, sharpening, noise colour)
+_S_POST = 4  # choice of the global post-processing chain
+_S_PASTE = 5  # paste details (feathering, cut-out resize filter)
 
 #: Manipulation kinds of the foreign sources and their default probabilities.
 MANIPULATIONS: Dict[str, float] = {
@@ -72,6 +101,21 @@ MANIPULATIONS: Dict[str, float] = {
     "retouch": 0.12,
 }
 SHAPES = ("polygon", "ellipse", "blob", "rectangle")
+#: Share of object-shaped regions per manipulation: (photo cut-out alpha, host segment); the
+#: rest is geometric :data:`SHAPES`. Without installed cut-outs their share is geometric too.
+OBJECT_SHARE: Dict[str, Tuple[float, float]] = {
+    "splicing": (0.45, 0.25),
+    "copy-move": (0.15, 0.35),
+    "removal": (0.15, 0.45),
+    "generative": (0.10, 0.40),
+    "retouch": (0.10, 0.40),
+}
+#: "social" chain: images whose long side exceeds this are downscaled to it (masks follow).
+SOCIAL_MAX_SIDE = 1600
+#: Probabilities of the "social" and "double-jpeg" global chains per difficulty.
+_CHAIN_P = {"easy": (0.12, 0.08), "medium": (0.18, 0.10), "hard": (0.25, 0.12)}
+_SEG_SIDE = 224  # long side of the host view that is over-segmented
+_CUTOUT_MAX_UP = 2.5  # largest upscaling of a photo cut-out
 DIFFICULTIES = {"easy": 0.45, "medium": 0.35, "hard": 0.20}
 # Wanted window of the smallest trace distance between a new source and the earlier ones, per
 # difficulty (see _trace_distance): hard samples have subtle but present differences.
@@ -202,6 +246,51 @@ def _periodic(rng_seed: int, shape_hw: Tuple[int, int], origin: Tuple[int, int],
     return amplitude * pat
 
 
+# Bayer patterns by the (row, column) parity of their red sites.
+_CFA_PATTERNS = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}
+_K_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], dtype=np.float32) / 4.0
+_K_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 4.0
+
+
+def _cfa(a: np.ndarray, pattern: str, method: str, origin: Tuple[int, int]) -> np.ndarray:
+    """Keep one colour per pixel through a Bayer mosaic (phase from image coordinates) and
+    demosaic again: ``bilinear``, or ``edge`` (green along the smoother direction, red and blue
+    by bilinear colour differences). Leaves the periodic inter-channel correlation of a camera."""
+    h, w = a.shape[:2]
+    ry, rx = _CFA_PATTERNS[pattern]
+    yr = ((np.arange(h) + origin[0]) % 2 == ry)[:, None]
+    xr = ((np.arange(w) + origin[1]) % 2 == rx)[None, :]
+    m_r = (yr & xr).astype(np.float32)
+    m_b = (~yr & ~xr).astype(np.float32)
+    m_g = 1.0 - m_r - m_b
+    g_s = a[..., 1] * m_g
+
+    def conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return ndimage.convolve(x, k, mode="mirror")  # mirror keeps the mosaic parity
+
+    if method == "bilinear":
+        g = conv(g_s, _K_G)
+        r = conv(a[..., 0] * m_r, _K_RB)
+        b = conv(a[..., 2] * m_b, _K_RB)
+    else:  # "edge"
+        gp = np.pad(g_s, 1, mode="reflect")
+        left, right, up, down = gp[1:-1, :-2], gp[1:-1, 2:], gp[:-2, 1:-1], gp[2:, 1:-1]
+        gh, gv = np.abs(left - right), np.abs(up - down)
+        est = np.where(gh < gv, 0.5 * (left + right),
+                       np.where(gv < gh, 0.5 * (up + down), 0.25 * (left + right + up + down)))
+        g = np.where(m_g > 0, g_s, est)
+        r = conv((a[..., 0] - g) * m_r, _K_RB) + g
+        b = conv((a[..., 2] - g) * m_b, _K_RB) + g
+    return np.stack([r, g, b], axis=2)
+
+
+def _prnu(a: np.ndarray, seed: int, strength: float, mono: bool) -> np.ndarray:
+    """Photo-response non-uniformity: a per-source multiplicative white fixed pattern."""
+    k = np.random.default_rng(seed).standard_normal(a.shape[:2] + (1 if mono else 3,),
+                                                     dtype=np.float32)
+    return a * (1.0 + strength * k)
+
+
 def _apply_ops(a: np.ndarray, ops: Sequence[Dict[str, Any]], rng: np.random.Generator,
                origin: Tuple[int, int], mono: bool) -> np.ndarray:
     """Apply a processing history to a patch whose top-left is at image ``origin``."""
@@ -213,7 +302,18 @@ def _apply_ops(a: np.ndarray, ops: Sequence[Dict[str, Any]], rng: np.random.Gene
             n = _noise_field(rng, a.shape[:2], op["corr"], 0.0 if mono else op["chroma"])
             p = op["poisson"]
             std = op["sigma"] * np.sqrt((1.0 - p) + p * np.clip(a, 0, 255) * (1.0 / 128.0))
+            if "channel_gains" in op and not mono:  # e.g. white balance amplifies blue noise
+                std = std * np.asarray(op["channel_gains"], dtype=np.float32)
             a = a + n * std
+        elif kind == "cfa":
+            a = _cfa(a, op["pattern"], op["method"], origin)
+            if mono:
+                a = np.repeat((a @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None],
+                              3, axis=2)
+        elif kind == "prnu":
+            a = _prnu(a, op["seed"], op["strength"], mono)
+        elif kind == "resize":  # global only: changes the image size
+            a = _pil_resize(a, (int(op["size"][0]), int(op["size"][1])), op["filter"])
         elif kind == "gamma":
             g = np.asarray(op["gains"], dtype=np.float32)
             a = 255.0 * np.power(np.clip(a, 0, 255) / 255.0, op["gamma"]) * g + op["offset"]
@@ -274,8 +374,11 @@ def _op_resample(rng) -> Dict[str, Any]:
             "filter_back": str(rng.choice(filters[:3]))}
 
 
-def _camera_ops(rng: np.random.Generator, mono: bool, host: bool) -> List[Dict[str, Any]]:
-    """A camera-like history: blur -> noise -> tone -> JPEG -> resample -> JPEG."""
+def _camera_ops(rng: np.random.Generator, mono: bool, host: bool,
+                ext: Optional[np.random.Generator] = None) -> List[Dict[str, Any]]:
+    """A camera-like history: blur -> [PRNU] -> noise -> [CFA] -> tone -> [sharpen] -> JPEG ->
+    resample -> JPEG. The bracketed steps (and the noise's per-channel gains) are drawn from
+    ``ext`` (the v2 camera stream); without it the history is the v1 one."""
     ops: List[Dict[str, Any]] = []
     if rng.random() < 0.35:
         ops.append({"op": "blur", "sigma": _r(rng.uniform(0.3, 1.4), 3)})
@@ -290,7 +393,47 @@ def _camera_ops(rng: np.random.Generator, mono: bool, host: bool) -> List[Dict[s
         ops.append(_op_resample(rng))
     if has_jpeg and rng.random() < 0.3:
         ops.append(_op_jpeg(rng, 50, 98, aligned=host and rng.random() < 0.5))
-    return ops
+    return ops if ext is None else _camera_ext(ops, ext, mono)
+
+
+def _camera_ext(ops: List[Dict[str, Any]], ext: np.random.Generator, mono: bool
+                ) -> List[Dict[str, Any]]:
+    """Insert the sensor and in-camera steps into a v1 camera history (hosts and donors alike,
+    so none of them means "foreign")."""
+    # sensor: PRNU before the noise, CFA after it (noise on the raw mosaic is demosaiced too)
+    u_prnu, u_cfa, u_gain, u_sharp = ext.random(4)
+    pre: List[Dict[str, Any]] = []
+    if u_prnu < 0.4:
+        pre.append({"op": "prnu", "strength": _r(_loguniform(ext, 0.004, 0.015), 4),
+                    "seed": int(ext.integers(0, 2 ** 31))})
+    post_noise: List[Dict[str, Any]] = []
+    if u_cfa < 0.55:
+        post_noise.append({"op": "cfa", "pattern": str(ext.choice(list(_CFA_PATTERNS))),
+                           "method": str(ext.choice(["bilinear", "edge"]))})
+    sharp: List[Dict[str, Any]] = []
+    if u_sharp < 0.45:
+        sharp.append({"op": "sharpen", "amount": _r(ext.uniform(0.3, 1.2), 3),
+                      "radius": _r(ext.uniform(0.6, 1.4), 3)})
+    out: List[Dict[str, Any]] = []
+    i = 0
+    if i < len(ops) and ops[i]["op"] == "blur":
+        out.append(ops[i])
+        i += 1
+    out += pre
+    if i < len(ops) and ops[i]["op"] == "noise":
+        noise = dict(ops[i])
+        if u_gain < 0.6 and not mono:
+            noise["channel_gains"] = [_r(ext.uniform(0.85, 1.4), 3), 1.0,
+                                      _r(ext.uniform(1.0, 1.7), 3)]
+        out.append(noise)
+        i += 1
+    out += post_noise
+    if i < len(ops) and ops[i]["op"] == "gamma":
+        out.append(ops[i])
+        i += 1
+    out += sharp
+    out += ops[i:]
+    return out
 
 
 def _global_ops(rng: np.random.Generator, difficulty: str) -> List[Dict[str, Any]]:
@@ -323,8 +466,40 @@ def _global_ops(rng: np.random.Generator, difficulty: str) -> List[Dict[str, Any
     return ops
 
 
+def _global_chain(rng: np.random.Generator, post_rng: np.random.Generator, difficulty: str,
+                  H: int, W: int) -> Tuple[str, List[Dict[str, Any]]]:
+    """The final whole-image chain: ("none" | "basic" | "social" | "double-jpeg", ops).
+
+    The v1 choice is always drawn from ``rng`` (so the main stream keeps its order); ``post_rng``
+    then decides whether a social-network or a double-JPEG chain replaces it."""
+    basic = _global_ops(rng, difficulty)
+    p_social, p_double = _CHAIN_P[difficulty]
+    u = post_rng.random()
+    if u < p_social:
+        ops: List[Dict[str, Any]] = []
+        if post_rng.random() < 0.6:  # it was a JPEG (camera or editor) before the upload
+            ops.append(_op_jpeg(post_rng, 80, 98, aligned=post_rng.random() < 0.7))
+        long_side = max(H, W)
+        filt = str(post_rng.choice(["bicubic", "lanczos", "bilinear", "box"]))
+        if long_side > SOCIAL_MAX_SIDE:
+            f = SOCIAL_MAX_SIDE / long_side
+            ops.append({"op": "resize", "size": [max(2, int(round(H * f))),
+                                                 max(2, int(round(W * f)))], "filter": filt})
+        if post_rng.random() < 0.35:
+            ops.append({"op": "sharpen", "amount": _r(post_rng.uniform(0.15, 0.5), 3),
+                        "radius": _r(post_rng.uniform(0.6, 1.2), 3)})
+        ops.append({"op": "jpeg", "quality": int(post_rng.integers(70, 86)), "phase": [0, 0],
+                    "subsampling": 2 if post_rng.random() < 0.85 else 0})
+        return "social", ops
+    if u < p_social + p_double:
+        first = _op_jpeg(post_rng, 65, 95, aligned=post_rng.random() < 0.6)
+        second = _op_jpeg(post_rng, 65, 95, aligned=True)
+        return "double-jpeg", [first, second]
+    return ("basic" if basic else "none"), basic
+
+
 _BASE_TRACE = {"noise": 0.0, "blur": 0.0, "jpeg_q": 100.0, "jpeg_phase": None,
-               "resample": 0.0, "periodic": 0.0}
+               "resample": 0.0, "periodic": 0.0, "cfa": 0.0, "cfa_phase": None}
 
 
 def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
@@ -333,7 +508,9 @@ def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
 
     ``noise`` ~ residual noise std (grey levels), ``blur`` ~ extra blur sigma (px), ``jpeg_q`` /
     ``jpeg_phase`` = last JPEG whose block grid is still intact, ``resample`` = accumulated
-    |log2 factor| of interpolations, ``periodic`` = amplitude of a periodic pattern.
+    |log2 factor| of interpolations, ``periodic`` = amplitude of a periodic pattern, ``cfa`` /
+    ``cfa_phase`` = strength (0..1) and (red row parity, red column parity, method) of an intact
+    demosaicing trace.
     """
     st = dict(_BASE_TRACE if state is None else state)
     for op in ops:
@@ -342,24 +519,35 @@ def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
             s = op["sigma"]
             st["blur"] = math.hypot(st["blur"], s)
             st["noise"] /= 1.0 + 1.5 * s
+            st["cfa"] *= max(0.0, 1.0 - s)
             if s > 0.6:
                 st["jpeg_q"], st["jpeg_phase"] = 100.0, None
         elif k == "noise":
             st["noise"] = math.hypot(st["noise"], op["sigma"])
             if op["sigma"] > 3 and st["jpeg_q"] > 80:
                 st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+            if op["sigma"] > 3:
+                st["cfa"] *= 0.6
+        elif k == "cfa":
+            st["noise"] *= 0.85
+            ry, rx = _CFA_PATTERNS[op["pattern"]]
+            st["cfa"], st["cfa_phase"] = 1.0, (ry, rx, op["method"])
+        elif k == "prnu":
+            st["noise"] = math.hypot(st["noise"], 128.0 * op["strength"])
         elif k == "jpeg":
             q = float(op["quality"])
             st["noise"] *= 0.5 + 0.5 * (q - 50) / 50
             st["jpeg_q"], st["jpeg_phase"] = q, tuple(p % 8 for p in op["phase"])
             st["periodic"] *= 0.5 + 0.5 * (q - 50) / 50
-        elif k == "resample":
-            f = op["factor"]
+            st["cfa"] *= 0.4 + 0.6 * (q - 50) / 50
+        elif k in ("resample", "resize"):
+            f = op.get("factor", 0.7)
             st["resample"] += abs(math.log2(f)) + 0.3
             st["noise"] *= min(1.0, f)
             st["blur"] = math.hypot(st["blur"], max(0.0, 0.5 / f - 0.5) + 0.3)
             st["jpeg_q"], st["jpeg_phase"] = 100.0, None
             st["periodic"] = 0.0
+            st["cfa"], st["cfa_phase"] = 0.0, None
         elif k == "sharpen":
             st["noise"] *= 1.0 + op["amount"]
             st["blur"] = max(0.0, st["blur"] - 0.5 * op["amount"])
@@ -368,6 +556,7 @@ def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
             st["noise"] *= 0.45
             st["blur"] = math.hypot(st["blur"], 0.6)
             st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+            st["cfa"], st["cfa_phase"] = 0.0, None
         elif k == "tone":
             st["noise"] *= op["contrast"]
         elif k == "gamma":
@@ -381,15 +570,23 @@ def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
                 st["blur"] = math.hypot(st["blur"], 0.3)
                 st["noise"] *= 0.85
                 st["jpeg_q"], st["jpeg_phase"] = 100.0, None
-            elif st["jpeg_phase"] is not None:
+                st["cfa"], st["cfa_phase"] = 0.0, None
+            else:
                 dy, dx = op["shift"]
-                st["jpeg_phase"] = ((st["jpeg_phase"][0] + dy) % 8, (st["jpeg_phase"][1] + dx) % 8)
+                if st["jpeg_phase"] is not None:
+                    st["jpeg_phase"] = ((st["jpeg_phase"][0] + dy) % 8,
+                                        (st["jpeg_phase"][1] + dx) % 8)
+                if st["cfa_phase"] is not None:
+                    py, px, meth = st["cfa_phase"]
+                    st["cfa_phase"] = ((py + dy) % 2, (px + dx + int(op.get("flip", False))) % 2,
+                                       meth)
         elif k == "inpaint":
             st["noise"] = 0.0
             st["blur"] = math.hypot(st["blur"], 1.2 if op["texture"] > 0 else 2.5)
             st["jpeg_q"], st["jpeg_phase"] = 100.0, None
             st["resample"] += 0.3
             st["periodic"] = 0.0
+            st["cfa"], st["cfa_phase"] = 0.0, None
         elif k == "resynth":
             s = op["strength"]
             st["noise"] = (1 - s) * st["noise"] + s * 2.0
@@ -397,7 +594,11 @@ def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
             st["resample"] += 0.5 * s * math.log2(op["factor"])
             if s >= 0.4:
                 st["jpeg_q"], st["jpeg_phase"] = 100.0, None
+                st["cfa"], st["cfa_phase"] = 0.0, None
             st["periodic"] *= 1 - s
+            st["cfa"] *= 1 - s
+    if st["cfa"] < 0.05:
+        st["cfa"], st["cfa_phase"] = 0.0, None
     return st
 
 
@@ -411,6 +612,10 @@ def _trace_distance(a: Dict[str, Any], b: Dict[str, Any]) -> float:
     d += abs(qa - qb) / 25.0
     if qa < 100 and qb < 100 and a["jpeg_phase"] != b["jpeg_phase"]:
         d += (100.0 - max(qa, qb)) / 40.0
+    ca, cb = a.get("cfa", 0.0), b.get("cfa", 0.0)
+    d += abs(ca - cb) / 1.25
+    if ca > 0.3 and cb > 0.3 and a.get("cfa_phase") != b.get("cfa_phase"):
+        d += 0.4 * min(ca, cb)
     return float(d)
 
 
@@ -501,10 +706,253 @@ def _random_region(rng: np.random.Generator, H: int, W: int, area_frac: float,
     return m, info
 
 
-def _layout(rng: np.random.Generator, H: int, W: int, n_foreign: int, min_area: float
-            ) -> Tuple[List[np.ndarray], List[Dict[str, Any]], np.ndarray]:
+class _Segments:
+    """An over-segmentation of the host view (low resolution) with segment areas, centroids and
+    adjacency (shared border lengths)."""
+
+    def __init__(self, host: np.ndarray, rng: np.random.Generator):
+        H, W = host.shape[:2]
+        f = min(1.0, _SEG_SIDE / max(H, W))
+        h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
+        small = _to_u8(_pil_resize(host, (h, w), "bilinear"))
+        if rng.random() < 0.7:
+            scale = _loguniform(rng, 60.0, 500.0)
+            sigma = float(rng.uniform(0.5, 1.0))
+            min_size = max(4, int(h * w * rng.uniform(0.001, 0.004)))
+            lab = segmentation.felzenszwalb(small, scale=scale, sigma=sigma, min_size=min_size)
+            self.params = {"method": "felzenszwalb", "scale": _r(scale, 1), "sigma": _r(sigma, 3),
+                           "min_size": min_size}
+        else:
+            n_seg = int(rng.integers(30, 160))
+            compact = _loguniform(rng, 4.0, 25.0)
+            lab = segmentation.slic(small, n_segments=n_seg, compactness=compact, start_label=0)
+            self.params = {"method": "slic", "n_segments": n_seg, "compactness": _r(compact, 2)}
+        _, lab = np.unique(lab, return_inverse=True)
+        self.labels = lab.reshape(h, w).astype(np.int32)
+        self.n = int(self.labels.max()) + 1
+        self.params["segments_total"] = self.n
+        self.areas = np.bincount(self.labels.ravel(), minlength=self.n).astype(np.float64)
+        yy, xx = np.mgrid[0:h, 0:w]
+        self.cy = np.bincount(self.labels.ravel(), yy.ravel(), self.n) / np.maximum(self.areas, 1)
+        self.cx = np.bincount(self.labels.ravel(), xx.ravel(), self.n) / np.maximum(self.areas, 1)
+        pairs = np.concatenate([
+            np.stack([self.labels[:, :-1].ravel(), self.labels[:, 1:].ravel()], 1),
+            np.stack([self.labels[:-1, :].ravel(), self.labels[1:, :].ravel()], 1)])
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        pairs = np.sort(pairs, axis=1)
+        uniq, counts = np.unique(pairs[:, 0].astype(np.int64) * self.n + pairs[:, 1],
+                                 return_counts=True)
+        self.nbrs: List[Dict[int, int]] = [dict() for _ in range(self.n)]
+        for key, c in zip(uniq.tolist(), counts.tolist()):
+            a, b = divmod(key, self.n)
+            self.nbrs[a][b] = c
+            self.nbrs[b][a] = c
+        self.factor = (h / H, w / W)
+
+    def region(self, rng: np.random.Generator, H: int, W: int, box: Sequence[int],
+               area_frac: float) -> Optional[Tuple[np.ndarray, Dict[str, Any]]]:
+        """A connected union of neighbouring segments of about ``area_frac`` of the image near
+        the centre of ``box`` (full-resolution mask), or ``None``."""
+        h, w = self.labels.shape
+        tgt = area_frac * h * w
+        ok = np.flatnonzero(self.areas <= 1.5 * tgt)
+        if len(ok) == 0:
+            return None
+        by = 0.5 * (box[0] + box[2]) * self.factor[0]
+        bx = 0.5 * (box[1] + box[3]) * self.factor[1]
+        d2 = ((self.cy[ok] - by) / h) ** 2 + ((self.cx[ok] - bx) / w) ** 2
+        p = np.exp(-d2 / (2 * 0.15 ** 2)) + 1e-9
+        first = int(ok[rng.choice(len(ok), p=p / p.sum())])
+        union = {first}
+        area = float(self.areas[first])
+        goal = tgt * float(rng.uniform(0.7, 1.1))
+        border: Dict[int, int] = dict(self.nbrs[first])
+        while area < goal and len(union) < 400:
+            cand = [b for b in border if area + self.areas[b] <= 1.5 * tgt]
+            if not cand:
+                break
+            wts = np.array([border[b] for b in cand], dtype=np.float64) ** 2
+            b = cand[int(rng.choice(len(cand), p=wts / wts.sum()))]
+            union.add(b)
+            area += float(self.areas[b])
+            del border[b]
+            for c, n in self.nbrs[b].items():
+                if c not in union:
+                    border[c] = border.get(c, 0) + n
+        low = ndimage.binary_fill_holes(np.isin(self.labels, list(union)))
+        if low.sum() < 0.3 * tgt:
+            return None
+        m = _float_resize(low.astype(np.float32), (H, W), Image.BILINEAR) > 0.5
+        if not m.any():
+            return None
+        return m, {"kind": "segment", **self.params, "segments": len(union)}
+
+
+def _bbox(m: np.ndarray) -> List[int]:
+    ys = np.flatnonzero(m.any(axis=1))
+    xs = np.flatnonzero(m.any(axis=0))
+    return [int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1]
+
+
+def _move_coords(mv: Dict[str, Any], y0: int, x0: int, y1: int, x1: int
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Source coordinates of the destination pixels ``[y0:y1, x0:x1]`` of a moved object
+    (rotation by ``angle`` degrees and scaling by ``scale`` about the centres, optional flip)."""
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    dy, dx = yy - mv["to"][0], xx - mv["to"][1]
+    a = math.radians(mv["angle"])
+    c, s = math.cos(a), math.sin(a)
+    uy = (c * dy + s * dx) / mv["scale"]
+    ux = (-s * dy + c * dx) / mv["scale"]
+    if mv["flip"]:
+        ux = -ux
+    return mv["from"][0] + uy, mv["from"][1] + ux
+
+
+def _move_object(rng: np.random.Generator, src: np.ndarray
+                 ) -> Optional[Tuple[np.ndarray, Dict[str, Any]]]:
+    """Move the object mask ``src`` elsewhere in the image (copy-move of a real segment):
+    returns the destination mask and the move (integer shift unless scaled or rotated)."""
+    H, W = src.shape
+    y0, x0, y1, x1 = _bbox(src)
+    hs, ws = y1 - y0, x1 - x0
+    cs = (0.5 * (y0 + y1 - 1), 0.5 * (x0 + x1 - 1))
+    scale, angle = 1.0, 0.0
+    if rng.random() < 0.5:
+        scale = _r(_loguniform(rng, 0.75, 1.3), 3)
+        if rng.random() < 0.35:
+            angle = _r(rng.uniform(-20, 20), 2)
+    flip = bool(rng.random() < 0.15)
+    ca, sa = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    hd, wd = scale * (hs * ca + ws * sa), scale * (ws * ca + hs * sa)
+    if hd > H - 2 or wd > W - 2:
+        return None
+    best = None
+    for _ in range(12):
+        cy = float(rng.uniform(hd / 2, H - hd / 2))
+        cx = float(rng.uniform(wd / 2, W - wd / 2))
+        dist = math.hypot((cy - cs[0]) / max(hs, 1), (cx - cs[1]) / max(ws, 1))
+        if best is None or dist > best[0]:
+            best = (dist, cy, cx)
+        if dist > 0.8:
+            break
+    dist, cy, cx = best
+    if dist < 0.5:
+        return None
+    if scale == 1.0 and angle == 0.0:  # a plain shift by whole pixels: an exact copy
+        cy = cs[0] + round(cy - cs[0])
+        cx = cs[1] + round(cx - cs[1])
+    mv = {"from": [_r(cs[0], 2), _r(cs[1], 2)], "to": [_r(cy, 2), _r(cx, 2)], "scale": scale,
+          "angle": angle, "flip": flip, "order": int(rng.choice([1, 3]))}
+    dy0 = max(int(math.floor(cy - hd / 2)) - 2, 0)
+    dx0 = max(int(math.floor(cx - wd / 2)) - 2, 0)
+    dy1 = min(int(math.ceil(cy + hd / 2)) + 3, H)
+    dx1 = min(int(math.ceil(cx + wd / 2)) + 3, W)
+    ys, xs = _move_coords(mv, dy0, dx0, dy1, dx1)
+    dst = np.zeros((H, W), dtype=bool)
+    dst[dy0:dy1, dx0:dx1] = ndimage.map_coordinates(
+        src.astype(np.float32), [ys, xs], order=1, mode="constant", cval=0.0) > 0.5
+    if dst.sum() < 0.3 * src.sum():
+        return None
+    return dst, mv
+
+
+def _cutout_region(rng: np.random.Generator, cut: Photo, H: int, W: int, box: Sequence[int],
+                   area_frac: float) -> Optional[Tuple[np.ndarray, Dict[str, Any], Dict]]:
+    """The alpha of a photo cut-out scaled to about ``area_frac`` of the image and centred on
+    ``box``: (mask, shape info, private render data), or ``None``."""
+    alpha = cut.alpha
+    if alpha is None:
+        return None
+    obj = alpha >= 128
+    if obj.sum() < 16:
+        return None
+    t, l, b, r = _bbox(alpha > 0)
+    a_crop = alpha[t:b, l:r].astype(np.float32)
+    n_obj = float((a_crop >= 128).sum())
+    ch, cw = b - t, r - l
+    s = math.sqrt(area_frac * H * W / n_obj)
+    s = min(s, _CUTOUT_MAX_UP, 0.95 * H / ch, 0.95 * W / cw)
+    hh, ww = int(round(ch * s)), int(round(cw * s))
+    if hh < 8 or ww < 8:
+        return None
+    a_r = np.clip(_float_resize(a_crop, (hh, ww), Image.BILINEAR), 0, 255)
+    flip = bool(rng.random() < 0.5)
+    if flip:
+        a_r = a_r[:, ::-1]
+    small = a_r >= 128
+    if small.sum() < 0.3 * area_frac * H * W:
+        return None
+    y0 = int(np.clip(round(0.5 * (box[0] + box[2]) - hh / 2), 0, H - hh))
+    x0 = int(np.clip(round(0.5 * (box[1] + box[3]) - ww / 2), 0, W - ww))
+    m = np.zeros((H, W), dtype=bool)
+    m[y0:y0 + hh, x0:x0 + ww] = small
+    info = {"kind": "cutout", "cutout": cut.name, "scale": _r(s, 3), "flip": flip}
+    extra = {"photo": cut, "crop": (t, l, b, r), "alpha": np.ascontiguousarray(a_r / 255.0),
+             "at": (y0, x0), "flip": flip}
+    return m, info, extra
+
+
+class _Shaper:
+    """Replaces geometric regions by object-shaped ones (cut-out alphas, host segments)."""
+
+    def __init__(self, rng: np.random.Generator, photos: PhotoPool, host: np.ndarray,
+                 mono: bool):
+        self.rng = rng
+        self.photos = photos
+        self.host = host
+        self.mono = mono
+        self.cutouts = list(getattr(photos, "cutouts", []) or [])
+        self._segments: Optional[_Segments] = None
+
+    @property
+    def segments(self) -> _Segments:
+        if self._segments is None:
+            self._segments = _Segments(self.host, self.rng)
+        return self._segments
+
+    def replace(self, kind: str, m: np.ndarray, info: Dict[str, Any], area_frac: float
+                ) -> Tuple[np.ndarray, Dict[str, Any], Optional[Dict[str, Any]]]:
+        p_cut, p_seg = OBJECT_SHARE.get(kind, (0.0, 0.0))
+        if not self.cutouts:
+            p_cut = 0.0
+        u = self.rng.random()
+        H, W = m.shape
+        box = info["box"]
+        if u < p_cut:
+            cut = self.photos.choose_cutout(self.rng, colour_only=not self.mono)
+            res = _cutout_region(self.rng, cut, H, W, box, area_frac)
+            if res is None:
+                return m, info, None
+            m2, shape, extra = res
+        elif u < p_cut + p_seg:
+            res2 = self.segments.region(self.rng, H, W, box, area_frac)
+            if res2 is None:
+                return m, info, None
+            m2, shape = res2
+            extra = None
+            if kind == "copy-move":  # move the segment itself: a copy-move of a real object
+                mv = _move_object(self.rng, m2)
+                if mv is None:
+                    return m, info, None
+                shape["source_box"] = _bbox(m2)
+                m2, shape["move"] = mv
+                extra = {"move": shape["move"]}
+        else:
+            return m, info, None
+        shape.update({"box": _bbox(m2), "target_area": info["target_area"]})
+        return m2, shape, extra
+
+
+def _layout(rng: np.random.Generator, H: int, W: int, n_foreign: int, min_area: float,
+            kinds: Optional[Sequence[str]] = None, shaper: Optional[_Shaper] = None
+            ) -> Tuple[List[np.ndarray], List[Dict[str, Any]], np.ndarray,
+                       List[Optional[Dict[str, Any]]]]:
     """Masks of the foreign sources (paint order) such that, after overlaps, every source keeps
-    at least ``min_area`` of the pixels and the host (label 0) stays the largest."""
+    at least ``min_area`` of the pixels and the host (label 0) stays the largest. With a
+    ``shaper`` each geometric candidate (drawn from ``rng`` as in v1) may be replaced by an
+    object-shaped region of the same size and place; returns (masks, shape infos, labels,
+    private render data per region)."""
     min_px = max(1, int(math.ceil(min_area * H * W)))
     for _attempt in range(200):
         fr = np.array([_loguniform(rng, 0.03, 0.45) for _ in range(n_foreign)])
@@ -514,10 +962,14 @@ def _layout(rng: np.random.Generator, H: int, W: int, n_foreign: int, min_area: 
         labels = np.zeros((H, W), dtype=np.uint8)
         masks: List[np.ndarray] = []
         infos: List[Dict[str, Any]] = []
+        extras: List[Optional[Dict[str, Any]]] = []
         ok = True
         for j in range(n_foreign):
             for _try in range(25):
                 m, info = _random_region(rng, H, W, float(fr[j]))
+                extra = None
+                if shaper is not None and kinds is not None:
+                    m, info, extra = shaper.replace(kinds[j], m, info, float(fr[j]))
                 trial = labels.copy()
                 trial[m] = j + 1
                 areas = np.bincount(trial.ravel(), minlength=j + 2)
@@ -525,12 +977,13 @@ def _layout(rng: np.random.Generator, H: int, W: int, n_foreign: int, min_area: 
                     labels = trial
                     masks.append(m)
                     infos.append(info)
+                    extras.append(extra)
                     break
             else:
                 ok = False
                 break
         if ok:
-            return masks, infos, labels
+            return masks, infos, labels, extras
     raise RuntimeError(f"could not lay out {n_foreign} regions in {H}x{W}")  # pragma: no cover
 
 
@@ -615,12 +1068,15 @@ def _pushpull_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
 # Source plans (parameters chosen before rendering, so contrast can be enforced cheaply)
 # ---------------------------------------------------------------------------------------------
 
-def _plan_source(rng: np.random.Generator, kind: str, mono: bool, host_trace: Dict[str, Any]
+def _plan_source(rng: np.random.Generator, kind: str, mono: bool, host_trace: Dict[str, Any],
+                 ext: Optional[np.random.Generator] = None,
+                 shape: Optional[Dict[str, Any]] = None
                  ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Parameters of one foreign source and its trace summary."""
+    """Parameters of one foreign source and its trace summary (``ext``: the v2 camera stream;
+    ``shape``: the region's shape info, whose ``move`` fixes a segment copy-move's geometry)."""
     plan: Dict[str, Any] = {"manipulation": kind}
     if kind == "splicing":
-        ops = _camera_ops(rng, mono, host=False)
+        ops = _camera_ops(rng, mono, host=False, ext=ext)
         plan["ops"] = ops
         return plan, _trace(ops)
     if kind == "copy-move":
@@ -628,6 +1084,13 @@ def _plan_source(rng: np.random.Generator, kind: str, mono: bool, host_trace: Di
         angle = _r(rng.uniform(-25, 25), 2) if rng.random() < 0.3 else 0.0
         geom = {"op": "geom", "scale": scale, "angle": angle, "flip": bool(rng.random() < 0.2),
                 "shift": [int(rng.integers(0, 8)), int(rng.integers(0, 8))]}
+        mv = (shape or {}).get("move")
+        if mv is not None:  # the move was fixed with the region
+            plain = mv["scale"] == 1.0 and mv["angle"] == 0.0
+            shift = [int(round(mv["from"][0] - mv["to"][0])) % 8,
+                     int(round(mv["from"][1] - mv["to"][1])) % 8] if plain else [0, 0]
+            geom.update({"scale": mv["scale"], "angle": mv["angle"], "flip": mv["flip"],
+                         "shift": shift, "object": True})
         ops: List[Dict[str, Any]] = []
         if rng.random() < 0.35:
             ops.append({"op": "blur", "sigma": _r(rng.uniform(0.4, 1.3), 3)})
@@ -740,6 +1203,54 @@ def _render_copy_move(comp: np.ndarray, rect, geom: Dict[str, Any], rng: np.rand
     else:
         src = np.array(src, dtype=np.float32)
     return src, {"from": [sy, sx, sy + hs, sx + ws], "scale": scale, "angle": angle}
+
+
+def _render_moved(comp: np.ndarray, rect, mv: Dict[str, Any]) -> Tuple[np.ndarray, Dict]:
+    """Content of ``rect`` for a moved object (see :func:`_move_coords`)."""
+    H, W = comp.shape[:2]
+    y0, x0, y1, x1 = rect
+    ys, xs = _move_coords(mv, y0, x0, y1, x1)
+    ys = np.clip(ys, 0, H - 1)
+    xs = np.clip(xs, 0, W - 1)
+    ri, ci = np.rint(ys), np.rint(xs)
+    if np.abs(ys - ri).max() < 1e-6 and np.abs(xs - ci).max() < 1e-6:  # whole-pixel copy
+        out = comp[ri.astype(np.intp), ci.astype(np.intp)].astype(np.float32)
+    else:
+        sy0, sx0 = max(int(ys.min()) - 3, 0), max(int(xs.min()) - 3, 0)
+        sy1, sx1 = min(int(ys.max()) + 4, H), min(int(xs.max()) + 4, W)
+        crop = comp[sy0:sy1, sx0:sx1]
+        coords = [ys - sy0, xs - sx0]
+        out = np.stack([ndimage.map_coordinates(crop[..., c], coords, order=mv["order"],
+                                                mode="nearest") for c in range(3)], axis=2)
+    sb = [int(round(mv["from"][0])), int(round(mv["from"][1]))]
+    return out.astype(np.float32), {"from_center": sb, "scale": mv["scale"],
+                                    "angle": mv["angle"]}
+
+
+def _render_cutout(extra: Dict[str, Any], rect, rng: np.random.Generator
+                   ) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """A photo cut-out resized into ``rect``: (RGB content whose background is filled with the
+    object's own colours, soft alpha 0..1 over ``rect``, view info)."""
+    y0, x0, y1, x1 = rect
+    t, l, b, r = extra["crop"]
+    a_r = extra["alpha"]
+    hh, ww = a_r.shape
+    filt = str(rng.choice(["bilinear", "bicubic", "lanczos"]))
+    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(extra["photo"].image[t:b, l:r]))
+                     .resize((ww, hh), _FILTERS[filt]), dtype=np.float32)
+    if extra["flip"]:
+        rgb = rgb[:, ::-1]
+    ay, ax = extra["at"]
+    content = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.float32)
+    alpha = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    # intersection of the cut-out box with the rect, in both frames
+    iy0, ix0 = max(ay, y0), max(ax, x0)
+    iy1, ix1 = min(ay + hh, y1), min(ax + ww, x1)
+    content[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = rgb[iy0 - ay:iy1 - ay, ix0 - ax:ix1 - ax]
+    alpha[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = a_r[iy0 - ay:iy1 - ay, ix0 - ax:ix1 - ax]
+    content = _pushpull_fill(content, alpha < 0.5)  # no dark halo when the history blurs
+    return content, alpha, {"photo": extra["photo"].name, "filter": filt,
+                            "crop": [int(t), int(l), int(b), int(r)]}
 
 
 def _render_removal(comp: np.ndarray, rect, hole: np.ndarray, inp: Dict[str, Any],
@@ -1136,8 +1647,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of authentic (single-source) images; the rest is uniform over "
                         "max(MIN,2)..MAX (default: not set, plain uniform over --sources)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--split", choices=["train", "val"], default="train",
-                   help="photo split; val uses only held-out photos (default train)")
+    p.add_argument("--split", choices=["train", "val", "test", "heldout"], default="train",
+                   help="photo split (docs/photos.md): val, test and heldout use only held-out photos, "
+                        "never seen in training (default train)")
     p.add_argument("--size-min", type=int, default=256, help="min image side (default 256)")
     p.add_argument("--size-max", type=int, default=512, help="max image side (default 512)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
