@@ -78,6 +78,8 @@ class TrainConfig:
     # Native variants: share of steps whose prompts are decoded on the embedding average-pooled 2x
     # (the partition's grid pass on large images decodes on a pooled embedding).
     pool_prob: float = 0.0
+    # Wall-clock budget: stop (and save last.pt) after this many seconds of training (0: none).
+    max_seconds: float = 0.0
 
 
 @dataclass
@@ -289,6 +291,11 @@ def fine_tune(
         for batch in loader:
             if step >= cfg.steps:
                 break
+            if cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds:
+                log(f"time budget of {cfg.max_seconds:.0f} s reached at step {step}")
+                if is_main:
+                    save(out / "last.pt", last_val)
+                break
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -346,6 +353,9 @@ def fine_tune(
                 dist.barrier()
         else:
             epoch, epoch_step = epoch + 1, 0
+            continue
+        if cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds:
+            break
     elapsed = time.perf_counter() - t_start
     if world > 1:
         dist.barrier()
