@@ -903,6 +903,7 @@ class _Shaper:
         self.host = host
         self.mono = mono
         self.cutouts = list(getattr(photos, "cutouts", []) or [])
+        self.share: Dict[str, Tuple[float, float]] = OBJECT_SHARE
         self._segments: Optional[_Segments] = None
 
     @property
@@ -913,7 +914,7 @@ class _Shaper:
 
     def replace(self, kind: str, m: np.ndarray, info: Dict[str, Any], area_frac: float
                 ) -> Tuple[np.ndarray, Dict[str, Any], Optional[Dict[str, Any]]]:
-        p_cut, p_seg = OBJECT_SHARE.get(kind, (0.0, 0.0))
+        p_cut, p_seg = self.share.get(kind, (0.0, 0.0))
         if not self.cutouts:
             p_cut = 0.0
         u = self.rng.random()
@@ -1305,7 +1306,8 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
                     size_range: Tuple[int, int] = (256, 512), *, split: Optional[str] = None,
                     difficulty: Optional[str] = None,
                     manipulations: Optional[Dict[str, float]] = None,
-                    min_area: float = 0.01) -> Sample:
+                    min_area: float = 0.01,
+                    object_shapes: Optional[Dict[str, Tuple[float, float]]] = None) -> Sample:
     """Generate one synthetic sample.
 
     Args:
@@ -1321,6 +1323,9 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
         manipulations: probabilities of the foreign manipulation kinds (default
             :data:`MANIPULATIONS`); a kind with weight 0 never appears.
         min_area: minimum pixel share of every source after overlaps.
+        object_shapes: per manipulation, the share of (cut-out, segment) region shapes
+            (default :data:`OBJECT_SHARE`; the rest is geometric); cut-outs only when
+            ``photos.cutouts`` is not empty.
 
     Returns:
         A :class:`Sample`; ``sources`` has exactly ``num_sources`` distinct labels.
@@ -1345,14 +1350,24 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
     mono = host_photo.grey
     base, host_view = _photo_view(host_photo, H, W, rng)
     base, host_jit = _jitter(base, rng, mono)
-    host_ops = _camera_ops(rng, mono, host=True)
+    shape_rng = _rng(seed, index, _S_SHAPES)
+    cam_rng = _rng(seed, index, _S_CAMERA)
+    paste_rng = _rng(seed, index, _S_PASTE)
+    host_ops = _camera_ops(rng, mono, host=True, ext=cam_rng)
     host_trace = _trace(host_ops)
 
     n_foreign = num_sources - 1
+    kind_seq = [str(k) for k in shape_rng.choice(kinds, size=n_foreign, p=probs / probs.sum())
+                ] if n_foreign else []
     masks: List[np.ndarray] = []
     shapes: List[Dict[str, Any]] = []
+    extras: List[Optional[Dict[str, Any]]] = []
     if n_foreign:
-        masks, shapes, labels = _layout(rng, H, W, n_foreign, min_area)
+        shaper = _Shaper(shape_rng, photos, base, mono)
+        if object_shapes is not None:
+            shaper.share = object_shapes
+        masks, shapes, labels, extras = _layout(rng, H, W, n_foreign, min_area, kinds=kind_seq,
+                                                shaper=shaper)
     else:
         labels = np.zeros((H, W), dtype=np.uint8)
 
@@ -1360,11 +1375,11 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
     plans: List[Dict[str, Any]] = []
     traces: List[Dict[str, Any]] = [host_trace]
     lo, hi = _DISTANCE_WINDOW[difficulty]
-    for _j in range(n_foreign):
-        kind = str(rng.choice(kinds, p=probs / probs.sum()))
+    for j in range(n_foreign):
+        kind = kind_seq[j]
         best = None
         for _try in range(40):
-            plan, tr = _plan_source(rng, kind, mono, host_trace)
+            plan, tr = _plan_source(rng, kind, mono, host_trace, ext=cam_rng, shape=shapes[j])
             dmin = min(_trace_distance(tr, t) for t in traces)
             miss = max(lo - dmin, 0.0) * 2.0 + max(dmin - hi, 0.0)  # too similar is worse
             if best is None or miss < best[2]:
@@ -1381,7 +1396,7 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
         "role": "host", "photo": host_photo.name, "view": host_view, "jitter": host_jit,
         "history": host_ops, "trace": _json_trace(host_trace), "paint_order": 0,
     }]
-    for j, (m, shp, plan) in enumerate(zip(masks, shapes, plans), start=1):
+    for j, (m, shp, plan, extra) in enumerate(zip(masks, shapes, plans, extras), start=1):
         kind = plan["manipulation"]
         pad = 16
         if kind == "removal":
@@ -1390,22 +1405,31 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
         rect = _patch_rect(m, pad)
         y0, x0, y1, x1 = rect
         sub = m[y0:y1, x0:x1]
+        alpha: Optional[np.ndarray] = None  # soft paste weights over rect (None: hard mask)
         info: Dict[str, Any] = {"role": kind, "manipulation": kind, "shape": shp,
                                 "paint_order": j, "rect": [y0, x0, y1, x1]}
         if kind == "splicing":
-            donor = photos.choose(rng, colour_only=not mono, exclude=(host_photo.name,))
-            content, view = _photo_view(donor, y1 - y0, x1 - x0, rng)
+            if shp["kind"] == "cutout":  # an object cut out of another photo, with its alpha
+                content, alpha, view = _render_cutout(extra, rect, paste_rng)
+                donor_name = view["photo"]
+            else:
+                donor = photos.choose(rng, colour_only=not mono, exclude=(host_photo.name,))
+                content, view = _photo_view(donor, y1 - y0, x1 - x0, rng)
+                donor_name = donor.name
             content, jit = _jitter(content, rng, mono)
             # a forger roughly matches brightness to the surroundings
             wmatch = float(rng.uniform(0.3, 0.9))
             target = comp[y0:y1, x0:x1][sub].mean(axis=0)
             content += wmatch * (target - content[sub].mean(axis=0))
             content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
-            info.update({"photo": donor.name, "view": view, "jitter": jit,
+            info.update({"photo": donor_name, "view": view, "jitter": jit,
                          "brightness_match": _r(wmatch, 3), "history": plan["ops"]})
-            photos_used.append(donor.name)
+            photos_used.append(donor_name)
         elif kind == "copy-move":
-            content, cm = _render_copy_move(comp, rect, plan["geom"], rng)
+            if extra is not None and "move" in extra:  # a segment of the host, moved
+                content, cm = _render_moved(comp, rect, extra["move"])
+            else:
+                content, cm = _render_copy_move(comp, rect, plan["geom"], rng)
             content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
             info.update({"photo": host_photo.name, "geom": dict(plan["geom"], **cm),
                          "history": plan["ops"]})
@@ -1422,14 +1446,43 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
         else:  # retouch
             content = _apply_ops(comp[y0:y1, x0:x1].copy(), plan["ops"], rng, (y0, x0), mono)
             info.update({"photo": host_photo.name, "history": plan["ops"]})
+        # a selection edge: cut-outs have their soft alpha; other splices and copy-moves are
+        # sometimes feathered (the label still counts from weight 0.5)
+        p_feather = {"splicing": 0.4, "copy-move": 0.3}.get(kind, 0.0)
+        feather = 0.0
+        if p_feather and paste_rng.random() < p_feather:
+            feather = float(paste_rng.uniform(0.6, 2.0))
+            alpha = _gauss((sub if alpha is None else alpha).astype(np.float32)[..., None],
+                           feather)[..., 0]
+        if alpha is not None:
+            info["paste"] = {"alpha": "cutout" if shp["kind"] == "cutout" else "feathered",
+                             "feather": _r(feather, 3)}
         info["trace"] = _json_trace(traces[j])
         region = comp[y0:y1, x0:x1]
-        region[sub] = content[sub]
+        if alpha is None:
+            region[sub] = content[sub]
+        else:
+            a3 = alpha[..., None]
+            region[...] = a3 * content + (1.0 - a3) * region
+            region[sub & (alpha < 0.5)] = content[sub & (alpha < 0.5)]  # labels stay exact
         src_meta.append(info)
 
     comp = _to_u8(comp).astype(np.float32)
-    post = _global_ops(rng, difficulty)
+    chain, post = _global_chain(rng, _rng(seed, index, _S_POST), difficulty, H, W)
+    H0, W0 = H, W
+    resize = [op for op in post if op["op"] == "resize"]
+    if resize:
+        size = tuple(resize[0]["size"])
+        small = np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
+        ar = np.bincount(small.ravel(), minlength=num_sources)
+        if ar.min() == 0 or (num_sources > 1 and ar[0] <= ar[1:].max()):
+            post = [op for op in post if op["op"] != "resize"]  # would break the invariants
+        else:
+            labels = small
+            H, W = size
     final = _to_u8(_apply_ops(comp, post, rng, (0, 0), mono)) if post else _to_u8(comp)
+    if final.shape[:2] != labels.shape:  # pragma: no cover - programming error
+        raise AssertionError("post-processing changed the size without the masks")
 
     # re-index by decreasing area (stable: ties keep paint order)
     areas = np.bincount(labels.ravel(), minlength=num_sources).astype(np.int64)
@@ -1460,12 +1513,15 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
         "mono": mono,
         "difficulty": difficulty,
         "min_trace_distance": _r(min(dmins), 3) if dmins else None,
+        "global_chain": chain,
         "global_post": post,
         "seed": int(seed),
         "index": int(index),
         "split": split,
         "generator": f"training.synth v{SYNTH_VERSION}",
     }
+    if (H, W) != (H0, W0):
+        meta["size_before_post"] = [H0, W0]
     return Sample(image=final, sources=sources, meta=meta)
 
 
