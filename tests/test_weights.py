@@ -6,12 +6,18 @@ host and one rectangle with different noise), pure numpy, identical on every mac
 the IoU of the mask of one click at the foreign region's median pixel, and the mIoU of the
 two-source partition (grid 8). Measured when the floors were set (2026-12-04):
 
-=============================  ==============  ===============
-weights                        click IoU       partition mIoU
-=============================  ==============  ===============
-safire-tiny-default.pt         0.83            0.89
-random ``tiny`` (seeds 0-2)    0.10-0.13       0.35-0.43
-=============================  ==============  ===============
+=====================================  ==============  ===============
+weights                                click IoU       partition mIoU
+=====================================  ==============  ===============
+safire-tiny-default.pt                 0.83            0.89
+random ``tiny`` (seeds 0-2)            0.10-0.13       0.35-0.43
+safire-native-default.pt (interim,     0.13            0.43
+250 training steps)
+random ``native`` (seeds 0-2)          0.12-0.13       0.39-0.43
+=====================================  ==============  ===============
+
+The interim native checkpoint scores like random weights, so it has no floor: the test fails until
+the trained model ships with one (that is the point of the test).
 
 A new file in ``safire/weights/`` needs its own floor in :data:`FLOORS` (measure it with this test's
 ``evaluate``; set the floor clearly above random weights and below the measured value).
@@ -98,7 +104,7 @@ def test_random_weights_fail_the_floor():
 def test_a_truncated_checkpoint_does_not_load(tmp_path):
     from safire.build import build_safire
 
-    src = next(p for p in WEIGHTS if p.name in FLOORS)
+    src = WEIGHTS[0]
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(Exception):
