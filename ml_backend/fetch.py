@@ -66,7 +66,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 from urllib.parse import parse_qs, unquote, unquote_to_bytes, urljoin, urlparse, urlsplit
 
 import requests

@@ -430,3 +430,187 @@ def test_jwt_detection():
     assert jwt_payload(PAT)["token_type"] == "refresh"
     assert jwt_payload(LEGACY) is None
     assert jwt_payload("a.b.c") is None
+
+
+# ------------------------------------------------------------------------------------------------
+# the hardened download path (docs/security.md); tests/test_security.py attacks a running server
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ip, trusted, networks, allowed", [
+    ("93.184.216.34", False, (), True),           # public
+    ("2606:4700::1111", False, (), True),
+    ("127.0.0.1", False, (), False),              # loopback
+    ("127.0.0.1", True, (), True),                # ... of Label Studio's own host
+    ("::1", False, (), False),
+    ("::ffff:127.0.0.1", False, (), False),       # IPv4-mapped
+    ("10.1.2.3", False, (), False),               # private
+    ("10.1.2.3", True, (), True),
+    ("10.1.2.3", False, ("10.0.0.0/8",), True),   # SAFIRE_ALLOWED_NETWORKS
+    ("172.18.0.2", True, (), True),               # a compose network
+    ("169.254.169.254", True, ("169.254.0.0/16",), False),  # metadata: always refused
+    ("::ffff:169.254.169.254", True, (), False),
+    ("fd00:ec2::254", True, ("fd00::/8",), False),
+    ("100.100.100.200", False, ("100.64.0.0/10",), False),
+    ("168.63.129.16", False, (), False),          # Azure WireServer, a public address
+    ("169.254.10.1", True, (), False),            # link-local
+    ("169.254.10.1", False, ("169.254.10.0/24",), True),
+    ("100.64.0.1", False, (), False),             # shared address space
+    ("0.0.0.0", True, (), False),                 # unspecified
+    ("224.0.0.1", True, (), False),               # multicast
+    ("240.0.0.1", True, (), False),               # reserved
+])
+def test_address_policy(ip, trusted, networks, allowed):
+    import ipaddress
+
+    from ml_backend.netguard import AddressPolicy, parse_networks
+
+    policy = AddressPolicy(trusted_hosts=frozenset({"ls.internal"}), allowed_networks=parse_networks(networks))
+    verdict = policy.verdict("ls.internal" if trusted else "images.example", ipaddress.ip_address(ip))
+    assert (verdict == "") == allowed, verdict
+
+
+def test_rebinding_name_is_refused_before_connecting(ls, monkeypatch):
+    """A name allowed by SAFIRE_ALLOWED_HOSTS that resolves to loopback or to the metadata address:
+    refused by the connection layer, and no socket is ever opened to it."""
+    import ipaddress
+
+    from ml_backend import netguard
+
+    table = {"cdn.example": "127.0.0.1", "meta.example": "169.254.169.254", "mixed.example": "93.184.216.34"}
+    real_resolve = netguard.resolve
+
+    def resolve(host, port):
+        if host == "mixed.example":  # one public and one private record: refused as a whole
+            return [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.0.0.1")]
+        return [ipaddress.ip_address(table[host])] if host in table else real_resolve(host, port)
+
+    connects = []
+    real_connect = netguard.u3connection.create_connection
+
+    def create_connection(address, *a, **kw):
+        connects.append(address[0])
+        return real_connect(address, *a, **kw)
+
+    monkeypatch.setattr(netguard, "resolve", resolve)
+    monkeypatch.setattr(netguard.u3connection, "create_connection", create_connection)
+    f = fetcher_for(ls.url, SAFIRE_ALLOWED_HOSTS=f"cdn.example:{ls.server.port},meta.example,mixed.example")
+    with pytest.raises(HostNotAllowedError, match="loopback address"):
+        f.fetch(f"http://cdn.example:{ls.server.port}/data/upload/1/a.png")
+    with pytest.raises(HostNotAllowedError, match="metadata address"):
+        f.fetch("http://meta.example/latest/meta-data/")
+    with pytest.raises(HostNotAllowedError, match="private address"):
+        f.fetch("http://mixed.example/x.png")
+    assert connects == []
+    # Label Studio's own host may be loopback: that connection goes ahead
+    assert f.fetch("/data/upload/1/a.png") == ls.files["/data/upload/1/a.png"]
+    assert connects == ["127.0.0.1"]
+
+
+def test_task_ids_must_be_integers():
+    from ml_backend.fetch import task_id_int
+
+    assert task_id_int(7) == 7 and task_id_int(" 12 ") == 12
+    for bad in ("1/../../api/projects/1/export", "1?x", "-1", "0", 0, "1.0", 1.0, True, None, "", "١٢", 2**63):
+        with pytest.raises(InvalidURLError):
+            task_id_int(bad)
+    f = fetcher_for("http://ls:8080")
+    with pytest.raises(InvalidURLError, match="task id"):
+        f.resolve("s3://bucket/a.png", "1/../../api/projects/1/export?exportType=JSON&")
+    assert f.resolve("s3://bucket/a.png", "5").target.startswith("http://ls:8080/tasks/5/presign/?fileuri=")
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("/data/upload/../../api/projects/1/export", "'..'"),
+    ("/data/upload/%2e%2e/%2E%2E/api/projects/1/export", "'..'"),
+    ("/data/upload/%252e%252e/x", "'..'"),
+    ("/data/upload/..\\..\\api/projects", "'..'"),
+    ("/data/./upload/1/a.png", "'..'"),
+    ("/api/projects/1/export", "REST API"),
+    ("api/projects/1", "REST API"),
+    ("/API/projects/1", None),  # a different path on Label Studio (case matters): not the API
+    ("//api/projects/1", "no scheme"),
+    ("///api//projects/1", "no scheme"),
+    ("/data//api/../api/x", "'..'"),
+    ("http://ls:8080/api/projects/1/export", "REST API"),
+    ("http://ls:8080/data/upload/..%2f..%2fapi/x", "'..'"),
+    ("http://user:pw@ls:8080/data/upload/1/a.png", "credentials"),
+    ("http://user@images.example/a.png", "credentials"),
+])
+def test_label_studio_paths_from_task_data_cannot_reach_its_api(url, needle):
+    f = fetcher_for("http://ls:8080", SAFIRE_ALLOWED_HOSTS="images.example")
+    if needle is None:
+        assert f.resolve(url).kind == "upload"
+        return
+    with pytest.raises(InvalidURLError, match=needle):
+        f.resolve(url)
+
+
+def test_base_url_prefix_api_is_refused_too():
+    f = fetcher_for("http://host/label-studio")
+    with pytest.raises(InvalidURLError, match="REST API"):
+        f.resolve("/label-studio/api/projects/1")
+    assert f.resolve("/label-studio/data/upload/1/a.png").target == "http://host/label-studio/data/upload/1/a.png"
+
+
+def test_presign_hop_leaves_label_studio_once_and_without_the_key(ls):
+    f = fetcher_for(ls.url)
+    ls.cloud["bucket/again.png"] = b"x"
+    n = len(ls.log)
+    assert f.fetch("s3://bucket/c.png", task_id=7) == ls.cloud["bucket/c.png"]
+    assert [h for h in ls.log[n:] if h[0] == "cloud"] == [("cloud", "/bucket/c.png", None)]
+    # a redirect off Label Studio from a *non*-presign URL is refused (as before)
+    with pytest.raises(HostNotAllowedError, match="redirected"):
+        f.fetch("/redirect-outside")
+
+
+def test_credentials_in_label_studio_url_are_refused_and_not_echoed():
+    from ml_backend.settings import SettingsError
+
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({"LABEL_STUDIO_URL": "http://admin:hunter2@ls:8080"})
+    assert "credentials" in str(e.value) and "hunter2" not in str(e.value) and "admin" not in str(e.value)
+    with pytest.raises(FetchConfigError, match="credentials"):
+        ImageFetcher(type("S", (), {"label_studio_url": "http://a:b@ls:8080"})())
+    with pytest.raises(SettingsError, match="credentials"):
+        Settings.from_env({"SAFIRE_ALLOWED_HOSTS": "user:pw@cdn.example"})
+
+
+def test_display_url_and_log_text_escape_control_characters():
+    from ml_backend.fetch import log_text
+
+    assert "\n" not in display_url("/data/upload/1/a.png\nFAKE LINE")  # (urlsplit drops CR/LF/TAB)
+    assert display_url("/data/upload/1/a\x00b\x85.png") == "/data/upload/1/a\\x00b\\x85.png"
+    assert "\x1b" not in display_url("http://h/\x1b[2Jx.png")
+    assert log_text("7\r\nFAKE") == "7\\r\\nFAKE" and log_text({"id": 1}) == "{'id': 1}"
+    assert len(log_text("x" * 1000, 50)) == 50
+
+
+def test_session_ignores_proxies_netrc_and_cookies(monkeypatch, tmp_path):
+    from ml_backend.netguard import AddressPolicy, guarded_session
+
+    seen = []
+    app = Flask("cookie-jar")
+
+    @app.get("/<name>")
+    def page(name: str) -> Any:
+        seen.append((request.headers.get("Cookie"), request.headers.get("Authorization")))
+        resp = Response(b"ok")
+        resp.set_cookie("sessionid", "abc")
+        return resp
+
+    server = _Server(app)
+    try:
+        netrc = tmp_path / ".netrc"
+        netrc.write_text("machine 127.0.0.1 login me password secret\n")
+        monkeypatch.setenv("NETRC", str(netrc))
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")  # would fail the request if used
+        monkeypatch.setenv("NO_PROXY", "")
+        s = guarded_session(AddressPolicy(trusted_hosts=frozenset({"127.0.0.1"})))
+        assert s.trust_env is False
+        for _ in range(2):
+            assert s.get(server.url + "/a", timeout=5).text == "ok"
+        assert seen == [(None, None), (None, None)]  # no cookie kept, no .netrc credentials
+        assert len(s.cookies) == 0
+    finally:
+        server.close()
