@@ -1,9 +1,15 @@
 """Inference benchmark: encoder, one click, full grid partition, peak memory; our partition against
 the official procedure (every grid mask upsampled to S x S and kept) in the same run.
 
-    python benchmarks/bench_inference.py [--variants tiny vit_b] [--threads 2] [--repeats 5]
+    python benchmarks/bench_inference.py [--variants native vit_b] [--threads 2] [--repeats 5]
+                                         [--native-sizes 640x480 1024x768 2048x1536]
 
-Each variant runs in its own subprocess (clean peak-memory readings). Weights: the embedded default
+Native variants (the embedded default) are measured at native resolution, one subprocess per image
+size: encoder, one click on the cached embedding, the full partition (auto and K given), end to end,
+and the peak resident memory of the whole process; the baseline in the same run is the same
+partition with the grid decoded on the full token grid instead of the pooled one (time ratio, and
+the ARI between the two partitions). Square variants: each variant runs in its own subprocess (clean
+peak-memory readings) against the official procedure. Each variant runs in its own subprocess (clean peak-memory readings). Weights: the embedded default
 for ``tiny`` when present, otherwise random; random for ``vit_b`` (timings do not depend on the
 weights) unless ``--vit-b-checkpoint`` is given. Images: held-out synthetic forgeries generated on the
 fly. Prints a markdown table; ratios are against the official procedure measured in the same run.
@@ -57,6 +63,84 @@ class PeakRSS:
         return self.peak - self.base
 
 
+def _sized_image(w: int, h: int, seed: int):
+    """A held-out synthetic forgery of exactly w x h (generated at the long side, then cropped or
+    reflect-padded: never resampled)."""
+    import numpy as np
+
+    from training.photos import PhotoPool
+    from training.synth import generate_sample
+
+    try:
+        pool, split = PhotoPool.load("test"), "test"
+    except (ValueError, FileNotFoundError):
+        pool, split = PhotoPool.load("val"), "val"
+    s = generate_sample(seed, 11, 3, pool, (max(w, h), max(w, h)), split=split)
+    img, lab = s.image, s.sources
+    ph, pw = max(h - img.shape[0], 0), max(w - img.shape[1], 0)
+    img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect")[:h, :w]
+    lab = np.pad(lab, ((0, ph), (0, pw)), mode="reflect")[:h, :w]
+    return np.ascontiguousarray(img), lab
+
+
+def run_native(size: str, threads: int, repeats: int, checkpoint: str | None) -> dict:
+    import resource
+
+    import numpy as np
+    import torch
+
+    from safire import metrics as M
+    from safire.build import build_safire
+    from safire.partition import partition
+    from safire.predictor import SafirePredictor
+
+    torch.set_num_threads(threads)
+    w, h = (int(v) for v in size.split("x"))
+    model = build_safire(checkpoint=checkpoint) if checkpoint else build_safire()
+    img, _ = _sized_image(w, h, 3)
+    pred = SafirePredictor(model, cache_bytes=0)
+    base_mb = rss_mb()
+    enc_t, click_t, auto_t, k_t, full_t, aris = [], [], [], [], [], []
+    with PeakRSS() as mem:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            emb, _ = pred.embed(img)
+            enc_t.append(time.perf_counter() - t)
+        for _ in range(30):
+            t = time.perf_counter()
+            pred.predict(np.array([[w * 0.4, h * 0.6]]), np.array([1]), embedding=emb)
+            click_t.append(time.perf_counter() - t)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            res = partition(pred, emb, "auto", seed=0)
+            auto_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            res3 = partition(pred, emb, 3, seed=0)
+            k_t.append(time.perf_counter() - t)
+    # baseline: the grid decoded on the full token grid (no pooling)
+    full_model = model
+    cfg = model.config
+    import dataclasses
+
+    full_model.config = dataclasses.replace(cfg, grid_tokens=10**6)
+    t = time.perf_counter()
+    full3 = partition(pred, emb, 3, seed=0)
+    full_t.append(time.perf_counter() - t)
+    full_model.config = cfg
+    aris.append(M.ari(res3.labels.astype(np.int64), full3.labels.astype(np.int64)))
+    return {
+        "size": size, "weights": model.meta.get("model_version"), "threads": threads,
+        "tokens": list(emb.embedding.shape[-2:]),
+        "encoder_s": statistics.median(enc_t), "click_ms": 1000 * statistics.median(click_t),
+        "click_p95_ms": 1000 * sorted(click_t)[int(0.95 * (len(click_t) - 1))],
+        "auto_s": statistics.median(auto_t), "k3_s": statistics.median(k_t), "full_grid_k3_s": full_t[0],
+        "pool_speedup": full_t[0] / statistics.median(k_t), "ari_pooled_vs_full": aris[0],
+        "end_to_end_s": statistics.median(enc_t) + statistics.median(auto_t),
+        "peak_rss_mb": max(mem.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_above_model_mb": mem.peak - base_mb, "sources_auto": int(res.num_sources),
+    }
+
+
 def run_variant(variant: str, threads: int, repeats: int, checkpoint: str | None, n_images: int) -> dict:
     import numpy as np
     import torch
@@ -72,7 +156,7 @@ def run_variant(variant: str, threads: int, repeats: int, checkpoint: str | None
     torch.set_num_threads(threads)
     if checkpoint:
         model = build_safire(checkpoint=checkpoint)
-    elif variant == "tiny" and DEFAULT_CHECKPOINT.is_file():
+    elif variant == "tiny" and DEFAULT_CHECKPOINT.is_file() and "tiny" in DEFAULT_CHECKPOINT.name:
         model = build_safire(use_default=True)
     else:
         torch.manual_seed(0)
@@ -126,20 +210,50 @@ def run_variant(variant: str, threads: int, repeats: int, checkpoint: str | None
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["tiny", "vit_b"])
+    p.add_argument("--variants", nargs="+", default=["native", "vit_b"])
+    p.add_argument("--native-sizes", nargs="+", default=["640x480", "1024x768", "2048x1536"])
+    p.add_argument("--checkpoint", default=None, help="native weights (default: the embedded default model)")
     p.add_argument("--threads", nargs="+", type=int, default=[2])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--images", type=int, default=6)
     p.add_argument("--vit-b-checkpoint", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child and args.child.startswith("native@"):
+        size, t = args.child[len("native@"):].split(":")
+        print("RESULT " + json.dumps(run_native(size, int(t), args.repeats, args.checkpoint)))
+        return 0
     if args.child:
         v, t = args.child.split(":")
         ck = args.vit_b_checkpoint if v == "vit_b" else None
         print("RESULT " + json.dumps(run_variant(v, int(t), args.repeats, ck, args.images)))
         return 0
-    rows = []
-    for v in args.variants:
+    rows, native_rows = [], []
+    if "native" in args.variants:
+        for size in args.native_sizes:
+            for t in args.threads:
+                cmd = [sys.executable, __file__, "--child", f"native@{size}:{t}", "--repeats", str(args.repeats)]
+                if args.checkpoint:
+                    cmd += ["--checkpoint", args.checkpoint]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+                if out.returncode != 0 or not line:
+                    print(f"native {size} (threads {t}) failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                native_rows.append(json.loads(line[0][7:]))
+                print(f"done native {size} threads={t}", file=sys.stderr)
+        hdr = ("| image | weights | threads | tokens | encoder s | click ms (p50 / p95) | partition auto s | "
+               "partition K=3 s | K=3 on the full grid s (baseline) | speed-up | ARI pooled vs full | "
+               "end to end s (encoder + auto) | peak RSS MB (process) |")
+        print(hdr)
+        print("|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|")
+        for r in native_rows:
+            print(f"| {r['size']} | {r['weights']} | {r['threads']} | {r['tokens'][1]}x{r['tokens'][0]} | "
+                  f"{r['encoder_s']:.3f} | {r['click_ms']:.1f} / {r['click_p95_ms']:.1f} | {r['auto_s']:.3f} | "
+                  f"{r['k3_s']:.3f} | {r['full_grid_k3_s']:.3f} | {r['pool_speedup']:.1f}x | "
+                  f"{r['ari_pooled_vs_full']:.3f} | {r['end_to_end_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+        print()
+    for v in [v for v in args.variants if v != "native"]:
         for t in args.threads:
             cmd = [sys.executable, __file__, "--child", f"{v}:{t}", "--repeats", str(args.repeats),
                    "--images", str(args.images if v != "vit_b" else min(args.images, 2))]

@@ -41,6 +41,7 @@ stage_b() {
   local init=${INIT:-$W/runs/a/last.pt}
   $PY -m training.train --data "$W/synth-a" "$W/synth-b" --val "$W/val-mix" --out-dir "$W/runs/b" --steps "$STEPS_B" \
     --init-checkpoint "$init" --lr 4e-4 --warmup-steps 100 --seed 2027 --model-version safire-native-synth-v2 \
+    --max-seconds "${MAX_SECONDS:-0}" \
     "${COMMON[@]}" --resume
 }
 

@@ -7,7 +7,10 @@ setting depends on the weights: ``single_source_threshold`` (an image whose forg
 it is one source: authentic) and ``iou_threshold`` (grid prompts whose masks overlap more than
 this belong to one source). This tool decodes every image's grid once, tries every pair of values
 on a grid, and keeps the pair with the best mean permuted mIoU over all images (authentic images
-included: splitting one counts against it). The chosen values are written into the checkpoint's
+included: splitting one counts against it) among the pairs that split at most
+``--max-auth-split`` of the authentic images (default 10 %; if none does, the pair that splits
+fewest). ``--curve PNG`` draws the trade-off: share of authentic images split against mean pmIoU of
+the forged ones, one point per threshold. The chosen values are written into the checkpoint's
 metadata (``meta["partition"]``), so the backend, ``safire predict`` and ``safire evaluate`` use
 them with these weights. Use data the model was not trained on, and report test metrics on yet
 other data.
@@ -36,26 +39,82 @@ IOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 def calibrate(model, data: Sequence[Any], *, thresholds: Sequence[float] = THRESHOLDS,
               ious: Sequence[float] = IOUS, grid_size: int = 16, seed: int = 0,
-              limit: Optional[int] = None) -> Dict[str, Any]:
-    """Grid search of (single_source_threshold, iou_threshold); returns the best pair, its score
-    and the whole table (mean permuted mIoU over the images)."""
+              limit: Optional[int] = None, max_auth_split: float = 0.10) -> Dict[str, Any]:
+    """Grid search of (single_source_threshold, iou_threshold).
+
+    Returns the chosen pair, its mean permuted mIoU, and per pair (``table``): mean pmIoU over all
+    images, over forged images, the share of authentic images split (more than one source) and the
+    share of forged images returned as one source ("empty")."""
     pred = SafirePredictor(model, cache_bytes=0)
     n = len(data) if limit is None else min(limit, len(data))
-    scores: Dict[tuple, List[float]] = {pair: [] for pair in itertools.product(thresholds, ious)}
+    pairs = list(itertools.product(thresholds, ious))
+    miou: Dict[tuple, List[float]] = {pair: [] for pair in pairs}
+    found: Dict[tuple, List[int]] = {pair: [] for pair in pairs}
+    truth_k: List[int] = []
     with torch.inference_mode():
         for i in range(n):
             item = data[i]
             gt = np.asarray(item.labels)
+            truth_k.append(int(len(np.unique(gt[gt != 255]))))
             emb, _ = pred.embed(item.image)
             grid = decode_grid(model, emb.embedding, grid_size, context=emb.context, orig_hw=emb.orig_hw)
-            for t, iou in scores:
+            for t, iou in pairs:
                 res = partition_from_grid(grid, emb.embedding[0], model.config.img_size, emb.orig_hw, "auto",
                                           seed=seed, single_source_threshold=t, iou_threshold=iou)
-                scores[(t, iou)].append(M.permuted_miou(res.labels, gt))
-    table = {f"{t}/{iou}": float(np.mean(v)) for (t, iou), v in scores.items()}
-    best = max(scores, key=lambda k: (np.mean(scores[k]), -abs(k[0] - 0.5), -abs(k[1] - 0.5)))
-    return {"single_source_threshold": best[0], "iou_threshold": best[1],
-            "miou": float(np.mean(scores[best])), "images": n, "table": table}
+                miou[(t, iou)].append(M.permuted_miou(res.labels, gt))
+                found[(t, iou)].append(int(res.num_sources))
+    k = np.asarray(truth_k)
+    auth, forged = k == 1, k > 1
+
+    def stats(pair) -> Dict[str, float]:
+        m, f = np.asarray(miou[pair]), np.asarray(found[pair])
+        return {"miou": float(m.mean()),
+                "miou_forged": float(m[forged].mean()) if forged.any() else float("nan"),
+                "auth_split": float((f[auth] > 1).mean()) if auth.any() else 0.0,
+                "forged_empty": float((f[forged] == 1).mean()) if forged.any() else 0.0}
+
+    table = {f"{t}/{iou}": stats((t, iou)) for t, iou in pairs}
+    ok = [p for p in pairs if table[f"{p[0]}/{p[1]}"]["auth_split"] <= max_auth_split]
+    key = (lambda p: (table[f"{p[0]}/{p[1]}"]["miou"], -abs(p[0] - 0.5), -abs(p[1] - 0.5)))
+    best = max(ok, key=key) if ok else min(pairs, key=lambda p: (table[f"{p[0]}/{p[1]}"]["auth_split"],
+                                                                 -table[f"{p[0]}/{p[1]}"]["miou"]))
+    b = table[f"{best[0]}/{best[1]}"]
+    return {"single_source_threshold": best[0], "iou_threshold": best[1], "miou": b["miou"],
+            "miou_forged": b["miou_forged"], "auth_split": b["auth_split"], "forged_empty": b["forged_empty"],
+            "constraint_met": bool(ok), "max_auth_split": max_auth_split, "images": n,
+            "authentic_images": int(auth.sum()), "table": table}
+
+
+def plot_curve(res: Dict[str, Any], path: str, title: str = "") -> str:
+    """PNG of the trade-off at the chosen iou_threshold: x = share of authentic images split,
+    y = mean pmIoU of forged images, one point per single_source_threshold (annotated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iou = res["iou_threshold"]
+    pts = sorted((float(key.split("/")[0]), v) for key, v in res["table"].items() if float(key.split("/")[1]) == iou)
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    xs = [100 * v["auth_split"] for _, v in pts]
+    ys = [v["miou_forged"] for _, v in pts]
+    ax.plot(xs, ys, "o-")
+    for (t, _), x, y in zip(pts, xs, ys):
+        ax.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    chosen = res["table"][f"{res['single_source_threshold']}/{iou}"]
+    ax.plot([100 * chosen["auth_split"]], [chosen["miou_forged"]], "r*", markersize=14, label="chosen")
+    ax.axvline(100 * res["max_auth_split"], color="grey", linestyle=":", label="authentic split limit")
+    ax.set_xlabel("authentic images split into several sources (%)")
+    ax.set_ylabel("mean pmIoU, forged images (auto)")
+    ax.set_title(title or f"automatic number of sources (iou_threshold {iou})", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def meta_version(model) -> str:
+    return str((getattr(model, "meta", None) or {}).get("model_version", "model"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -71,16 +130,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--grid", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--half", action="store_true", help="store float16 weights (as the embedded model)")
+    p.add_argument("--max-auth-split", type=float, default=0.10,
+                   help="largest share of authentic images the chosen setting may split (default 0.10)")
+    p.add_argument("--curve", default=None, help="write the trade-off curve (PNG) here")
+    p.add_argument("--json", default=None, help="write the whole result (JSON) here")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ck = read_checkpoint(args.checkpoint)
     model = build_safire(checkpoint=ck)
     res = calibrate(model, ConcatReader([open_dataset(d) for d in args.data]), grid_size=args.grid,
-                    limit=args.limit)
+                    limit=args.limit, max_auth_split=args.max_auth_split)
     chosen = {"single_source_threshold": res["single_source_threshold"], "iou_threshold": res["iou_threshold"],
               "calibrated_on": [str(d) for d in args.data], "calibration_miou": round(res["miou"], 4),
-              "calibration_images": res["images"]}
+              "calibration_images": res["images"], "calibration_auth_split": round(res["auth_split"], 4),
+              "calibration_forged_empty": round(res["forged_empty"], 4)}
+    if args.curve:
+        plot_curve(res, args.curve, f"{meta_version(model)}: automatic number of sources")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
     meta = model.meta
     save_checkpoint(model, args.out, variant=meta["variant"], config=model.config,
                     model_version=str(meta.get("model_version")), provenance=meta.get("provenance"),
