@@ -26,7 +26,16 @@ Endpoints (all JSON; errors are ``{"status": code, "error": name, "message": tex
 ``GET /versions/<project>`` the project's published versions and the current one
 ``POST /prewarm``           ``{"project", "tasks": [...]}`` or ``{"urls": [...]}``: embeddings computed
                             in the background so the first click is warm -> 202 ``{"queued", ...}``
+``GET /explain/<p>/<t>``    PNG of task ``t``'s continuous heat map and sources at the image's
+                            resolution (``?view=panel|heatmap|sources|overlay``); pre-annotations
+                            link to it (``docs/provenance.md``)
 ==========================  =====================================================================
+
+Every pre-annotation carries a :mod:`safire.provenance` record (SHA-256 of the image bytes as
+fetched and of the weights, settings, versions, timings) as described in
+:mod:`ml_backend.predictions`, and the record is appended to
+``MODEL_DIR/provenance/<project>.jsonl``, the one place that keeps all of it whatever Label Studio
+stores.
 
 Projects are keyed by Label Studio's numeric id: the ``"<id>.<created timestamp>"`` strings of
 ``/setup`` and ``/predict`` and the ``project.id`` of webhooks all map to ``"<id>"``; any other
@@ -75,6 +84,7 @@ from .fetch import FetchError, ImageFetcher, display_url, log_text
 from .label_config import LabelConfigError, LabelConfigSpec, parse_label_config
 from .predictions import (
     ContextError,
+    attach_provenance,
     click_to_prediction,
     empty_prediction,
     parse_context,
@@ -91,6 +101,10 @@ _MAX_CONFIGS = 1000
 _MAX_CONFIG_BYTES_TOTAL = 16 * 2**20  # remembered label configs, all projects together
 _PREWARM_QUEUE = 1000
 PARTITION_MAP_BYTES = 256 * 2**20  # per-source maps of one partition (about 20 bytes per source and pixel)
+_IMAGE_INFO = 20000  # remembered image hashes (model version + image key -> SHA-256, size, timings)
+_TASK_URLS = 20000  # remembered (project, task) -> image URL of pre-annotated tasks, for /explain
+EXPLAIN_PANEL_PIXELS = 24_000_000  # a side-by-side panel above this is scaled down (single views never are)
+_EXPLAIN_VIEWS = ("panel", "heatmap", "sources", "overlay")
 _WEBHOOK_ACTIONS = ("START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 _JOB_FIELDS = ("id", "project", "reason", "state", "created", "started", "finished", "progress", "error",
                "version", "parent_version", "already_running")
@@ -307,6 +321,10 @@ class Backend:
         self._prewarm_pending: set = set()
         self._prewarm_lock = threading.Lock()
         self._prewarm_thread: Optional[threading.Thread] = None
+        self._image_info: "OrderedDict[Tuple[str, str], Dict[str, Any]]" = OrderedDict()
+        self._task_urls: "OrderedDict[Tuple[str, str], str]" = OrderedDict()
+        self._info_lock = threading.Lock()
+        self._log_lock = threading.Lock()
 
     # -- jobs ---------------------------------------------------------------------------------
     def jobs(self) -> Any:
@@ -433,23 +451,88 @@ class Backend:
                 return emb, True
             t0 = time.perf_counter()
             data = self.fetcher.fetch(url, task_id)  # at most SAFIRE_MAX_IMAGE_BYTES per request thread
-            self.metrics.stage("fetch", time.perf_counter() - t0)
+            fetch_s = time.perf_counter() - t0
+            self.metrics.stage("fetch", fetch_s)
+            info = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "fetch": fetch_s}
             with self.gate(high):  # decoded pixels exist only inside a compute slot
+                t1 = time.perf_counter()
                 image = self.decode(data, url)
                 del data
-                t1 = time.perf_counter()
+                t2 = time.perf_counter()
                 emb, was_cached = loaded.predictor.embed(image, key=key)
                 del image
+            info.update(decode=t2 - t1, encode=time.perf_counter() - t2)
             if not was_cached:
-                self.metrics.stage("encode", time.perf_counter() - t1)
+                self.metrics.stage("encode", info["encode"])
+            self.remember_image(loaded, key, info)
             return emb, was_cached
 
+    # -- provenance --------------------------------------------------------------------------------
+    def remember_image(self, loaded: Any, key: str, info: Dict[str, Any]) -> None:
+        """Keep the hash of the bytes an embedding was computed from (bounded, least recent dropped)."""
+        with self._info_lock:
+            self._image_info[(str(loaded.version), key)] = info
+            self._image_info.move_to_end((str(loaded.version), key))
+            while len(self._image_info) > _IMAGE_INFO:
+                self._image_info.popitem(last=False)
+
+    def image_info(self, loaded: Any, url: str, task_id: Any) -> Dict[str, Any]:
+        """SHA-256 and size of the bytes behind ``url``'s embedding for ``loaded``; fetched again
+        (not decoded) when the embedding came from a cache that outlived this record."""
+        key = self.image_key(url)
+        with self._info_lock:
+            info = self._image_info.get((str(loaded.version), key))
+        if info is not None:
+            return info
+        t0 = time.perf_counter()
+        data = self.fetcher.fetch(url, task_id)
+        info = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "fetch": time.perf_counter() - t0,
+                "refetched": True}
+        del data
+        self.remember_image(loaded, key, info)
+        return info
+
+    def remember_task(self, project: Optional[str], task_id: Any, url: str) -> None:
+        if project is None or task_id is None:
+            return
+        with self._info_lock:
+            self._task_urls[(project, str(task_id))] = url
+            self._task_urls.move_to_end((project, str(task_id)))
+            while len(self._task_urls) > _TASK_URLS:
+                self._task_urls.popitem(last=False)
+
+    def task_url(self, project: str, task_id: int) -> Optional[str]:
+        with self._info_lock:
+            return self._task_urls.get((project, str(task_id)))
+
+    def log_provenance(self, project: Optional[str], record: Mapping[str, Any]) -> None:
+        """Append the record to ``MODEL_DIR/provenance/<project>.jsonl`` (a failure is only logged)."""
+        import json
+        import os
+
+        name = f"{project}.jsonl" if project is not None else "no-project.jsonl"
+        root = getattr(self.registry, "model_dir", None) or self.settings.model_dir  # the registry's MODEL_DIR
+        path = os.path.join(str(root), "provenance", name)
+        try:
+            line = json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
+            with self._log_lock:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(line)
+        except OSError as e:
+            log.warning("cannot append to the provenance log %s: %s", name, log_text(str(e), 200))
+
     # -- predictions ------------------------------------------------------------------------------
-    def preannotate(self, task: Mapping[str, Any], spec: LabelConfigSpec, xml: str, loaded: Any) -> Dict[str, Any]:
+    def preannotate(self, task: Mapping[str, Any], spec: LabelConfigSpec, xml: str, loaded: Any,
+                    project: Optional[str] = None, explain_base: Optional[str] = None) -> Dict[str, Any]:
         from safire.partition import calibrated_defaults, partition
+        from safire.provenance import build_provenance
 
         url = task_image_url(task, spec)
-        emb, _ = self.embedding(loaded, url, task.get("id"), high=False)
+        t_start = time.perf_counter()
+        emb, cached = self.embedding(loaded, url, task.get("id"), high=False)
+        info = self.image_info(loaded, url, task.get("id"))
+        t_emb = time.perf_counter() - t_start
         tune = self.tuning(spec, xml)
         k = tune.pop("num_sources")
         k_max = k if isinstance(k, int) else int({**calibrated_defaults(loaded.model), **tune}.get("max_sources", 4))
@@ -460,10 +543,107 @@ class Backend:
             res = partition(loaded.predictor, emb, k, out_hw=None if work == orig_hw else work, **tune)
         t1 = time.perf_counter()
         pred = partition_to_prediction(res, spec, loaded.version, out_hw=orig_hw)
-        del res
+        t2 = time.perf_counter()
         self.metrics.stage("partition", t1 - t0)
-        self.metrics.stage("encode_rle", time.perf_counter() - t1)
+        self.metrics.stage("encode_rle", t2 - t1)
+        task_id = task.get("id")
+        extra: Dict[str, Any] = {"project": project, "task_id": task_id, "image_url": display_url(url),
+                                 "embedding_cached": bool(cached), "work_resolution": list(work)}
+        if project is not None and isinstance(task_id, int) and not isinstance(task_id, bool) and task_id > 0:
+            self.remember_task(project, task_id, url)
+            extra["explain_url"] = f"{explain_base or '/'}explain/{project}/{task_id}"
+        if info.get("refetched"):
+            extra["image_refetched"] = True
+        timings = {"embedding": t_emb}
+        if not cached:
+            timings.update({k_: info[k_] for k_ in ("fetch", "decode", "encode") if k_ in info})
+        timings.update({f"partition_{k_}": v for k_, v in res.timings.items() if k_ not in ("encode", "total")})
+        timings.update(partition=t1 - t0, rle=t2 - t1, total=time.perf_counter() - t_start)
+        record = build_provenance(
+            model=loaded.model, image_sha256=info["sha256"], num_bytes=info["bytes"], image_size=orig_hw,
+            sources_requested=k, sources_found=res.num_sources, grid=tune.get("grid_size"), seed=tune.get("seed"),
+            partition_settings={**calibrated_defaults(loaded.model),
+                                **{k_: v for k_, v in tune.items() if k_ not in ("grid_size", "seed")}},
+            score=res.score, timings=timings, model_version=loaded.version, weights_path=loaded.path,
+            exif_transpose=True, device=self.settings.device, extra=extra)
+        del res
+        attach_provenance(pred, record, spec)
+        self.log_provenance(project, record)
         return pred
+
+    def explain(self, project: str, task_id: int, view: str) -> bytes:
+        """PNG bytes of a task's heat map and sources at the image's resolution (``GET /explain``).
+
+        The task's image URL is the one its last pre-annotation used (remembered per process), else
+        Label Studio's ``GET /api/tasks/<id>`` (which must belong to ``project``); the label config
+        is the one ``/setup`` or ``/predict`` sent, else the project's from Label Studio. The
+        partition uses the project's model and settings, like the pre-annotation.
+        """
+        import io as _io
+
+        from PIL import Image as _Image
+
+        from safire.partition import calibrated_defaults, partition
+        from safire.visualize import colorize_partition, explain_panel, heatmap_colour, overlay
+
+        try:
+            xml = self.config_for(project, None)
+        except BadRequest:
+            try:
+                proj = self.fetcher.api_get(f"/api/projects/{int(project)}")
+            except FetchError as e:
+                raise NotFound(f"project {project}: no /setup seen and Label Studio did not give its "
+                               f"label config: {e}") from None
+            xml = proj.get("label_config") if isinstance(proj, Mapping) else None
+            if not isinstance(xml, str) or not xml.strip():
+                raise NotFound(f"project {project}: no label config")
+            self.check_config_size(xml)
+            self.remember_config(project, xml)
+        spec = parse_config(xml)
+        url = self.task_url(project, task_id)
+        if url is None:  # not pre-annotated by this process: ask Label Studio for the task
+            try:
+                task = self.fetcher.api_get(f"/api/tasks/{int(task_id)}")
+            except FetchError as e:
+                raise NotFound(f"task {task_id}: cannot read it from Label Studio: {e}") from None
+            if not isinstance(task, Mapping) or str(task.get("project")) != project:
+                raise NotFound(f"task {task_id} is not a task of project {project}")
+            url = task_image_url(task, spec)
+        loaded = self.model(project)
+        emb, _ = self.embedding(loaded, url, task_id, high=True)
+        tune = self.tuning(spec, xml)
+        k = tune.pop("num_sources")
+        k_max = k if isinstance(k, int) else int({**calibrated_defaults(loaded.model), **tune}.get("max_sources", 4))
+        orig_hw = (int(emb.orig_hw[0]), int(emb.orig_hw[1]))
+        work = work_hw(orig_hw, k_max, PARTITION_MAP_BYTES)
+        with self.gate(True):
+            res = partition(loaded.predictor, emb, k, out_hw=None if work == orig_hw else work, **tune)
+            heat, labels = res.heatmap, res.labels
+            if work != orig_hw:  # back to the image's resolution (per-source maps were bounded)
+                size = (orig_hw[1], orig_hw[0])
+                heat = np.asarray(_Image.fromarray(heat.astype(np.float32), mode="F").resize(size, _Image.BILINEAR))
+                labels = np.asarray(_Image.fromarray(labels.astype(np.uint8)).resize(size, _Image.NEAREST))
+            num_sources, score = res.num_sources, float(res.score)
+            del res
+            if view == "heatmap":
+                out = heatmap_colour(heat)
+            elif view == "sources":
+                out = colorize_partition(labels)
+            else:
+                data = self.fetcher.fetch(url, task_id)
+                image = self.decode(data, url)
+                del data
+                if view == "overlay":
+                    out = overlay(image, labels)
+                else:
+                    title = (f"project {project} task {task_id} | model {loaded.version} | "
+                             f"{num_sources} source(s) | score {score:.3f}")
+                    out = explain_panel(image, heat, labels, title=title, max_pixels=EXPLAIN_PANEL_PIXELS)
+                del image
+            del heat, labels
+            buf = _io.BytesIO()
+            _Image.fromarray(out).save(buf, format="PNG", compress_level=3)
+        return buf.getvalue()
 
     def click(self, task: Mapping[str, Any], context: Any, spec: LabelConfigSpec, loaded: Any) -> Dict[str, Any]:
         url = task_image_url(task, spec)
@@ -744,7 +924,8 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
                     results.append(backend.click(task, context, spec, loaded))
                     backend.metrics.count("clicks")
                 else:
-                    results.append(backend.preannotate(task, spec, xml, loaded))
+                    results.append(backend.preannotate(task, spec, xml, loaded, project=project,
+                                                       explain_base=request.host_url))
                     backend.metrics.count("tasks_predicted")
             except ContextError as e:
                 backend.metrics.count("clicks_without_prompt")
@@ -903,6 +1084,28 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         else:
             snap["jobs"] = {"error": backend._jobs_error}
         return jsonify(snap)
+
+    # -- explain ----------------------------------------------------------------------------------
+    @app.get("/explain/<project>/<task>")
+    def explain(project: str, task: str) -> Response:
+        key = project_key(project)
+        if key is None or "." in str(project):
+            raise BadRequest("GET /explain/<project id>/<task id>: project ids are positive integers")
+        if not re.fullmatch(r"[1-9][0-9]{0,17}", task or ""):
+            raise BadRequest("GET /explain/<project id>/<task id>: task ids are positive integers")
+        view = request.args.get("view", "panel")
+        if view not in _EXPLAIN_VIEWS:
+            raise BadRequest(f"view must be one of {', '.join(_EXPLAIN_VIEWS)}")
+        g.tasks = 1
+        try:
+            png = backend.explain(key, int(task), view)
+        except (FetchError, ImageLoadError, ValueError) as e:
+            return _error(502 if isinstance(e, FetchError) else 422, "Cannot explain", str(e))
+        backend.metrics.count("explained")
+        resp = Response(png, mimetype="image/png")
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["Content-Disposition"] = f'inline; filename="safire-p{key}-t{int(task)}-{view}.png"'
+        return resp
 
     # -- prewarm ----------------------------------------------------------------------------------
     @app.post("/prewarm")

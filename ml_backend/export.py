@@ -1,7 +1,16 @@
 """``safire export``: turn a Label Studio JSON export into a SAFIRE training dataset.
 
     safire export EXPORT.json --out DIR [--config label_config.xml] [--images-root DIR]
+                  [--provenance FILE|DIR ...] [--skip-changed]
     safire export --project ID --url http://host:8080 --api-key KEY --out DIR
+
+Provenance (``docs/provenance.md``): each sample's ``meta`` records the SHA-256 of the image bytes
+fetched for the export and the provenance record of the prediction it was annotated from (found in
+the annotation, the task's predictions, the project's predictions read from Label Studio with
+``--project``, or ``--provenance`` files: the backend's ``MODEL_DIR/provenance/*.jsonl``, a JSON
+list from ``GET /api/predictions/?project=ID``, ``safire predict`` outputs). An image whose bytes
+differ from the predicted ones is reported (``manifest.json["provenance"]["changed"]``, and on
+stderr) and, with ``--skip-changed``, skipped (code ``image_changed``).
 
 The dataset layout is ``docs/dataset-format.md``; the rules used to turn annotations into source
 masks are documented there (section "Label Studio export rules") and in :class:`ExportRules`.
@@ -35,6 +44,7 @@ from ml_backend.label_config import (
     is_forged_label,
     parse_label_config,
 )
+from ml_backend.predictions import find_provenance
 from ml_backend.rle import RLEError, decode_rle
 
 __all__ = [
@@ -44,7 +54,9 @@ __all__ = [
     "ImageFetchError",
     "LabelStudioClient",
     "LocalImageResolver",
+    "ProvenanceIndex",
     "export_dataset",
+    "load_provenance",
     "main",
     "select_annotation",
 ]
@@ -110,6 +122,7 @@ class ExportManifest:
     skipped: List[Dict[str, Any]] = field(default_factory=list)  # id, reason, code
     rules: Dict[str, Any] = field(default_factory=dict)
     splits: Dict[str, int] = field(default_factory=dict)
+    provenance: Dict[str, Any] = field(default_factory=dict)  # counts by status, changed samples
 
     @property
     def count(self) -> int:
@@ -145,6 +158,7 @@ class ExportManifest:
             "skipped_by_code": self.skipped_by_code,
             "rules": dict(self.rules),
             "splits": dict(self.splits),
+            "provenance": dict(self.provenance),
             "samples": [dict(s) for s in self.samples],
         }
 
@@ -154,6 +168,16 @@ class ExportManifest:
             f"({self.mode} mode; sources histogram {self.num_sources_histogram}; "
             f"splits {self.splits})"
         ]
+        changed = self.provenance.get("changed_samples") or []
+        if self.provenance:
+            lines.append("provenance: " + ", ".join(f"{k} {self.provenance.get(k, 0)}"
+                                                    for k in ("match", "changed", "unknown")))
+        if changed:
+            lines.append(f"WARNING: {len(changed)} image(s) changed since they were predicted "
+                         "(SHA-256 of the exported bytes differs from the prediction's):")
+            for c in changed[:20]:
+                lines.append(f"  {c['name']} (task {c['task_id']}): predicted {str(c['predicted_sha256'])[:16]}..., "
+                             f"now {str(c['image_sha256'])[:16]}...")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)}: " + ", ".join(
                 f"{k} x{v}" for k, v in sorted(self.skipped_by_code.items())))
@@ -410,6 +434,16 @@ class LabelStudioClient:
             raise ExportError("the export is not a JSON list of tasks")
         return data
 
+    def list_predictions(self, project_id: int) -> List[Dict[str, Any]]:
+        """The project's predictions with their results (``GET /api/predictions/?project=ID``);
+        the JSON export only lists prediction ids."""
+        data = self._api("/api/predictions/", params={"project": str(_project_int(project_id))})
+        if isinstance(data, dict) and isinstance(data.get("results"), list):
+            data = data["results"]
+        if not isinstance(data, list):
+            raise ExportError("GET /api/predictions/: not a list of predictions")
+        return data
+
     def fetch_image(self, url: str, task_id: Optional[int] = None) -> bytes:
         from ml_backend.fetch import display_url
 
@@ -506,6 +540,129 @@ def _image_bytes_for(img: _LoadedImage, oriented: bool) -> Tuple[bytes, str, boo
     buf = io.BytesIO()
     pil.save(buf, format="PNG", compress_level=6)
     return buf.getvalue(), ".png", True
+
+
+# ----------------------------------------------------------------------------------------
+# provenance
+# ----------------------------------------------------------------------------------------
+
+
+def _ts_of(rec: Dict[str, Any]) -> str:
+    return str(rec.get("created_at") or "")
+
+
+class ProvenanceIndex:
+    """Provenance records by Label Studio prediction id, by (project, task id) and by image name.
+
+    ``add(obj)`` takes a record, a Label Studio prediction (``{"id", "task", "result", ...}``, as
+    ``GET /api/predictions/`` returns it), a ``safire predict`` ``NAME.json``, or a list of those.
+    """
+
+    def __init__(self) -> None:
+        self.by_prediction: Dict[int, Dict[str, Any]] = {}
+        self.by_task: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+        self.by_name: Dict[str, List[Dict[str, Any]]] = {}
+        self.count = 0
+
+    def add(self, obj: Any) -> None:
+        if isinstance(obj, list):
+            for x in obj:
+                self.add(x)
+            return
+        rec = find_provenance(obj)
+        if rec is None:
+            return
+        self.count += 1
+        if isinstance(obj, dict) and isinstance(obj.get("id"), int) and "task" in obj:
+            self.by_prediction[obj["id"]] = rec
+        task = rec.get("task_id", obj.get("task") if isinstance(obj, dict) else None)
+        if task is not None:
+            self.by_task.setdefault((str(rec.get("project")), str(task)), []).append(rec)
+            self.by_task.setdefault(("*", str(task)), []).append(rec)
+        for key in ("image_url", "image_file", "image"):
+            v = rec.get(key) or (obj.get(key) if isinstance(obj, dict) and key == "image" else None)
+            if isinstance(v, str) and v:
+                for name in _image_names(v):
+                    self.by_name.setdefault(name, []).append(rec)
+
+    def lookup(self, task: Dict[str, Any], url: Optional[str], parent_prediction: Any = None
+               ) -> Optional[Dict[str, Any]]:
+        if isinstance(parent_prediction, int) and parent_prediction in self.by_prediction:
+            return self.by_prediction[parent_prediction]
+        tid, proj = task.get("id"), task.get("project")
+        cands = self.by_task.get((str(proj), str(tid))) or self.by_task.get(("*", str(tid))) if tid is not None else None
+        if not cands and url:
+            for name in _image_names(url):
+                cands = self.by_name.get(name)
+                if cands:
+                    break
+        return max(cands, key=_ts_of) if cands else None
+
+
+def _image_names(url: str) -> List[str]:
+    u = urlparse(url)
+    path = unquote(u.path or "")
+    if "local-files" in path:
+        d = parse_qs(u.query).get("d")
+        if d:
+            path = d[0]
+    base = os.path.basename(path.rstrip("/"))
+    if not base:
+        return []
+    out = [base]
+    mm = _UUID_PREFIX.match(base)
+    if mm:
+        out.append(mm.group(1))
+    return out
+
+
+def load_provenance(paths: Sequence[str], index: Optional[ProvenanceIndex] = None) -> ProvenanceIndex:
+    """Read provenance files into an index: ``.jsonl`` (one record or prediction per line),
+    ``.json`` (a record, a prediction, a list of them, or a ``safire predict`` output), or a
+    directory of such files (not recursive)."""
+    index = index or ProvenanceIndex()
+    files: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith((".json", ".jsonl")))
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise ExportError(f"provenance file or folder {p!r} does not exist")
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                if f.endswith(".jsonl"):
+                    for line in fh:
+                        if line.strip():
+                            index.add(json.loads(line))
+                else:
+                    index.add(json.load(fh))
+        except (OSError, ValueError) as e:
+            raise ExportError(f"cannot read provenance from {f}: {e}") from None
+    return index
+
+
+def _task_provenance(task: Dict[str, Any], ann: Dict[str, Any], url: str,
+                     index: Optional[ProvenanceIndex]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(record, where it was found) for the annotation exported from ``task``."""
+    rec = find_provenance(ann)
+    if rec:
+        return rec, "annotation"
+    parent = ann.get("parent_prediction")
+    preds = [p for p in (task.get("predictions") or []) if isinstance(p, dict)]
+    if preds:
+        chosen = [p for p in preds if parent is not None and p.get("id") == parent] or \
+            sorted(preds, key=lambda p: str(p.get("created_at") or ""), reverse=True)
+        for p in chosen:
+            rec = find_provenance(p)
+            if rec:
+                return rec, "task_prediction"
+    if index is not None:
+        rec = index.lookup(task, url, parent)
+        if rec:
+            return rec, "provenance_files"
+    return None, None
 
 
 # ----------------------------------------------------------------------------------------
@@ -724,6 +881,8 @@ def export_dataset(
     overwrite: bool = False,
     log: Optional[Callable[[str], None]] = None,
     max_pixels: int = 40_000_000,
+    provenance: Optional[ProvenanceIndex] = None,
+    skip_changed: bool = False,
 ) -> ExportManifest:
     """Write the dataset of ``docs/dataset-format.md`` from a Label Studio JSON export.
 
@@ -734,6 +893,9 @@ def export_dataset(
         order (= raw source order) and the mode. Without it, ``labels`` gives the order, else
         the labels are collected from the export in order of first appearance.
     max_pixels: images above this many pixels are skipped (checked from the header, before decoding).
+    provenance: extra provenance records (:func:`load_provenance`); records inside the annotation
+        or the task's predictions come first. ``skip_changed``: skip images whose SHA-256 differs
+        from their prediction's (code ``image_changed``) instead of only reporting them.
     Every task ends up in ``manifest.samples`` or ``manifest.skipped`` (with a reason).
     """
     rules = rules or ExportRules()
@@ -759,6 +921,8 @@ def export_dataset(
     manifest = ExportManifest(out_dir=out_dir, total=len(tasks), mode=mode, labels=label_order,
                               rules=asdict(rules))
     metas: Dict[str, Dict[str, Any]] = {}
+    prov_counts = {"match": 0, "changed": 0, "unknown": 0}
+    changed: List[Dict[str, Any]] = []
     rows: List[Tuple[str, str, int]] = []  # name, image relpath, num_sources
     seen_names: Dict[str, Any] = {}
 
@@ -793,9 +957,19 @@ def export_dataset(
             if not url or not isinstance(url, str):
                 raise _Skip("no_image_url", f"task data has no image URL (key {image_key or 'image'!r})")
             try:
-                img = _load_image(_call_fetch(fetch, url, tid), max_pixels)
+                fetched = _call_fetch(fetch, url, tid)
+                img = _load_image(fetched, max_pixels)
             except Exception as exc:
                 raise _Skip("image_error", f"image failed to load: {exc}") from None
+            from safire.provenance import check_image, sha256_bytes
+
+            image_sha = sha256_bytes(fetched)
+            del fetched
+            prov, prov_from = _task_provenance(task, ann, url, provenance)
+            prov_status = check_image(prov, sha256=image_sha)
+            if prov_status == "changed" and skip_changed:
+                raise _Skip("image_changed", f"image changed since it was predicted (sha256 {image_sha[:16]}..., "
+                                             f"predicted {str(prov['image_sha256'])[:16]}...)")
 
             # Which orientation did Label Studio show? Browsers apply EXIF orientation, so the
             # regions' original_width/height normally match the oriented size.
@@ -860,10 +1034,16 @@ def export_dataset(
                 "completed_by": ann.get("completed_by"),
                 "updated_at": ann.get("updated_at"),
                 "image_url": url,
+                "image_sha256": image_sha,
                 "image_reencoded": reencoded,
                 "verdict": parsed.verdicts or None,
                 **extra,
             }
+            meta["provenance"] = {"status": prov_status, "found_in": prov_from, "record": prov}
+            prov_counts[prov_status] += 1
+            if prov_status == "changed":
+                changed.append({"name": name, "task_id": tid, "image_sha256": image_sha,
+                                "predicted_sha256": prov.get("image_sha256") if prov else None})
             if parsed.ignored:
                 meta["ignored_results"] = parsed.ignored
             if parsed.warnings:
@@ -871,13 +1051,16 @@ def export_dataset(
             metas[name] = meta
             seen_names[name] = tid
             rows.append((name, rel_img, num_sources))
-            manifest.samples.append({"name": name, "task_id": tid, "num_sources": num_sources})
+            manifest.samples.append({"name": name, "task_id": tid, "num_sources": num_sources,
+                                     "provenance": prov_status})
             if log:
                 log(f"task {tid}: {name} ({num_sources} source(s))")
         except _Skip as sk:
             manifest.skipped.append({"id": tid, "reason": sk.reason, "code": sk.code})
             if log:
                 log(f"task {tid}: skipped: {sk.reason}")
+
+    manifest.provenance = {**prov_counts, "changed_samples": changed}
 
     # ---- splits (exact fraction, deterministic in seed and sample names)
     names = sorted(metas)
@@ -962,6 +1145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     p.add_argument("--save-export", action="store_true",
                    help="with --project: also save the raw export as OUT/labelstudio_export.json")
+    p.add_argument("--provenance", nargs="+", metavar="FILE|DIR",
+                   help="provenance records to check images against: the backend's MODEL_DIR/provenance/"
+                        "*.jsonl, a JSON list of predictions (GET /api/predictions/?project=ID), safire "
+                        "predict outputs (docs/provenance.md)")
+    p.add_argument("--skip-changed", action="store_true",
+                   help="skip images whose bytes changed since they were predicted (default: keep them, "
+                        "report them in manifest.json and on stderr)")
+    p.add_argument("--no-prediction-provenance", action="store_true",
+                   help="with --project: do not read the project's predictions from Label Studio")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -1003,6 +1195,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=err)
         if not args.images_root and client is None:
             raise ExportError("no way to get images: give --images-root DIR and/or --url/--api-key")
+        index = load_provenance(args.provenance) if args.provenance else ProvenanceIndex()
+        if args.project is not None and client is not None and not args.no_prediction_provenance:
+            try:
+                index.add(client.list_predictions(args.project))
+            except ExportError as exc:
+                print(f"warning: cannot read the project's predictions (provenance): {exc}", file=err)
 
         manifest = export_dataset(
             tasks,
@@ -1022,6 +1220,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
             log=(lambda m: print(m, file=err)) if args.verbose else None,
+            provenance=index,
+            skip_changed=args.skip_changed,
         )
     except ExportError as exc:
         print(f"safire export: error: {exc}", file=err)

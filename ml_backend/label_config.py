@@ -21,6 +21,10 @@ attribute              values                            meaning
                                                          fraction of the image
 =====================  ================================  ==========================================
 
+Provenance (optional): a ``<TextArea name="safire_provenance" toName="<image>"/>`` makes every
+pre-annotation carry a text result with the prediction's provenance and the link to its heat map
+(``docs/provenance.md``); the spec's ``provenance_name`` is then that tag's name.
+
 Mode inference: ``binary`` when the BrushLabels tag has a single label or all its labels are
 forged-like (Forged, Tampered, Manipulated, ...) or authentic-like (Authentic, Pristine, Real,
 ...); otherwise ``multi`` (one label per source, in config order).
@@ -66,6 +70,8 @@ _BRUSH_TAGS = {"brushlabels"}
 _KEYPOINT_TAGS = {"keypointlabels"}
 _RECT_TAGS = {"rectanglelabels"}
 _CHOICES_TAGS = {"choices"}
+_TEXTAREA_TAGS = {"textarea"}
+PROVENANCE_TEXTAREA = "safire_provenance"
 _LABEL_CHILD = {"label"}
 _CHOICE_CHILD = {"choice"}
 _TRUE = {"true", "1", "yes"}
@@ -111,6 +117,7 @@ class LabelConfigSpec:
     threshold: float = 0.5
     min_area: float = 0.001
     label_colors: Dict[str, str] = field(default_factory=dict, compare=False)
+    provenance_name: Optional[str] = None  # <TextArea name="safire_provenance"> for the image, if any
 
     # -- label helpers ---------------------------------------------------------------
     def label_index(self, label: str) -> int:
@@ -333,7 +340,8 @@ def parse_label_config(xml: str) -> LabelConfigSpec:
     if _local(root.tag) != "view":
         problems.append(f"the root tag must be <View>, got <{root.tag}>")
 
-    by_kind: Dict[str, List[ET.Element]] = {"image": [], "brush": [], "kp": [], "rect": [], "choices": []}
+    by_kind: Dict[str, List[ET.Element]] = {"image": [], "brush": [], "kp": [], "rect": [], "choices": [],
+                                            "textarea": []}
     names: Dict[str, int] = {}
     for el in root.iter():
         t = _local(el.tag)
@@ -342,7 +350,8 @@ def parse_label_config(xml: str) -> LabelConfigSpec:
             "brush" if t in _BRUSH_TAGS else
             "kp" if t in _KEYPOINT_TAGS else
             "rect" if t in _RECT_TAGS else
-            "choices" if t in _CHOICES_TAGS else None
+            "choices" if t in _CHOICES_TAGS else
+            "textarea" if t in _TEXTAREA_TAGS else None
         )
         if kind:
             by_kind[kind].append(el)
@@ -462,6 +471,15 @@ def parse_label_config(xml: str) -> LabelConfigSpec:
             )
         )
 
+    # ---- optional provenance text area (docs/provenance.md)
+    provenance_name = None
+    for ta in by_kind["textarea"]:
+        if ta.get("name") == PROVENANCE_TEXTAREA:
+            if image_name and image_name not in _to_names(ta):
+                problems.append(f'<TextArea name="{PROVENANCE_TEXTAREA}"> has toName="{ta.get("toName") or ""}" '
+                                f'but the brush image is "{image_name}"')
+            provenance_name = PROVENANCE_TEXTAREA
+
     # ---- mode
     mode = tuning.pop("mode", "auto")
     if mode == "auto":
@@ -506,5 +524,6 @@ def parse_label_config(xml: str) -> LabelConfigSpec:
         choices=tuple(choices),
         mode=mode,
         label_colors=colors,
+        provenance_name=provenance_name,
         **tuning,
     )

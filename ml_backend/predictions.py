@@ -6,8 +6,9 @@ Pre-annotation (:func:`partition_to_prediction`), from a :class:`safire.partitio
   spec's host label (the label containing "host", else the first); sources 1, 2, ... get the other
   labels in config order. When the image has more sources than labels, the extra (smallest)
   sources are **merged into the last label**. One ``brushlabels`` region per label used, host
-  first. An image partitioned into a single source is authentic: the result list is empty (there
-  is nothing to paint; the prediction still carries the score).
+  first. An image partitioned into a single source is authentic: its one region is the whole
+  image with the host label, so a multi-source task never comes back empty and the annotator
+  sees the model's answer ("one source") rather than nothing.
 * **binary mode**: one region, the union of sources >= 1, labelled with the spec's forged label;
   an authentic image (one source) gives an empty result list.
 
@@ -20,6 +21,15 @@ region's mask is scaled to the original size by nearest neighbour only when it i
 pixels** (for a merged label, the summed probability of its sources; in binary mode
 ``1 - p(host)``). The prediction's ``score`` is the image-level forgery score of the partition
 (0 = authentic, 1 = forged), so Label Studio can sort tasks by it.
+
+Provenance (:func:`attach_provenance`, :func:`find_provenance`; ``docs/provenance.md``): a
+prediction carries its :mod:`safire.provenance` record three ways, because Label Studio keeps only
+``result``, ``score`` and ``model_version`` of what a backend returns: the top-level
+``provenance`` (for direct API callers; Label Studio drops it), ``meta.safire_provenance`` (plus a
+one-line ``meta.text``) on every brush region (kept: Label Studio stores ``result`` as sent), and,
+when the label config has ``<TextArea name="safire_provenance">``, a ``textarea`` result holding
+the summary line and the record as JSON (kept, and copied into the annotation made from the
+prediction; it also exists when an authentic image has no region).
 
 Interactive clicks (:func:`parse_context` then :func:`click_to_prediction`): smart keypoints and
 rectangles from ``params.context.result`` (percent coordinates; polarity from the item's top-level
@@ -34,6 +44,7 @@ decoder's confidence, clipped to [0, 1].
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import string
@@ -46,6 +57,9 @@ from .label_config import LabelConfigSpec
 from .rle import clean_mask, encode_rle
 
 __all__ = [
+    "PROVENANCE_KEY",
+    "attach_provenance",
+    "find_provenance",
     "ClickPrompt",
     "ContextError",
     "brush_region",
@@ -59,6 +73,7 @@ __all__ = [
 ]
 
 _ID_CHARS = string.ascii_letters + string.digits
+PROVENANCE_KEY = "safire_provenance"  # key under a region's "meta"; also the TextArea's name
 
 
 class ContextError(ValueError):
@@ -143,7 +158,7 @@ def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: s
     score = float(np.clip(result.score, 0.0, 1.0))
     if labels.ndim != 2:
         raise ValueError(f"partition labels must be HxW, got shape {labels.shape}")
-    if k <= 1:
+    if k <= 1 and (spec.mode == "binary" or not include_host):
         return empty_prediction(model_version, score)
     area = _min_area(spec, min_area)
     regions: List[Dict[str, Any]] = []
@@ -172,6 +187,90 @@ def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: s
         del p, raw
         regions.append(brush_region(upsample_nearest(mask, out_hw) if out_hw else mask, label, spec, score_))
     return {"result": regions, "score": score, "model_version": str(model_version)}
+
+
+# ------------------------------------------------------------------------------------------------
+# provenance
+# ------------------------------------------------------------------------------------------------
+
+
+def attach_provenance(prediction: Dict[str, Any], record: Mapping[str, Any],
+                      spec: Optional[LabelConfigSpec] = None, *, summary: Optional[str] = None) -> Dict[str, Any]:
+    """Add a :mod:`safire.provenance` record to a Label Studio prediction (in place; returned).
+
+    - ``prediction["provenance"]``: the record (seen by API callers; Label Studio does not store it);
+    - every ``brushlabels`` region: ``meta = {"text": [summary], "safire_provenance": record}``
+      (stored with the prediction's ``result``);
+    - with ``spec.provenance_name`` (``<TextArea name="safire_provenance">``): one ``textarea``
+      result with ``[summary, json(record)]``, also for an empty (authentic) prediction.
+
+    The bulk pre-annotation and the backend both call this, so every path writes the same fields.
+    """
+    from safire.provenance import provenance_summary
+
+    rec = dict(record)
+    line = summary or provenance_summary(rec)
+    prediction["provenance"] = rec
+    result = prediction.setdefault("result", [])
+    for region in result:
+        if isinstance(region, dict) and region.get("type") == "brushlabels":
+            meta = dict(region.get("meta") or {})
+            meta["text"] = [line]
+            meta[PROVENANCE_KEY] = rec
+            region["meta"] = meta
+    if spec is not None and spec.provenance_name:
+        result.append({
+            "id": new_region_id(),
+            "from_name": spec.provenance_name,
+            "to_name": spec.image_name,
+            "type": "textarea",
+            "value": {"text": [line, json.dumps(rec, separators=(",", ":"), sort_keys=True)]},
+            "readonly": True,
+        })
+    return prediction
+
+
+def _record_from(obj: Any) -> Optional[Dict[str, Any]]:
+    if isinstance(obj, Mapping) and str(obj.get("schema", "")).startswith("safire-provenance/"):
+        return dict(obj)
+    return None
+
+
+def find_provenance(item: Any) -> Optional[Dict[str, Any]]:
+    """The provenance record held by a prediction or annotation (as stored or exported by Label
+    Studio), by ``safire predict``'s ``NAME.json``, or a bare record; None if it holds none.
+
+    Looks at the top-level ``provenance``, then the regions' ``meta.safire_provenance``, then a
+    ``textarea`` result whose texts contain the record as JSON.
+    """
+    if not isinstance(item, Mapping):
+        return None
+    rec = _record_from(item) or _record_from(item.get("provenance"))
+    if rec:
+        return rec
+    result = item.get("result")
+    if isinstance(result, str):  # some exports keep result as a JSON string
+        try:
+            result = json.loads(result)
+        except ValueError:
+            result = None
+    for region in result if isinstance(result, list) else []:
+        if not isinstance(region, Mapping):
+            continue
+        rec = _record_from((region.get("meta") or {}).get(PROVENANCE_KEY) if isinstance(region.get("meta"), Mapping)
+                           else None)
+        if rec:
+            return rec
+        if str(region.get("type", "")).lower() == "textarea":
+            for text in (region.get("value") or {}).get("text") or []:
+                if isinstance(text, str) and text.startswith("{") and "safire-provenance/" in text:
+                    try:
+                        rec = _record_from(json.loads(text))
+                    except ValueError:
+                        rec = None
+                    if rec:
+                        return rec
+    return None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ For an input ``NAME.ext`` it writes, all at the input's resolution:
 - ``NAME.partition.png`` RGB colour map of the sources (official SAFIRE palette);
 - ``NAME.overlay.png``   the image with every non-host source tinted and all boundaries outlined;
 - ``NAME.json``          number of sources, image-level score, per-source areas and confidences,
-                         model version, timings.
+                         model version, timings, and ``provenance`` (SHA-256 of the image file and
+                         of the weights, settings, library versions: :mod:`safire.provenance`).
 
 One bad image is reported and skipped; the exit code is 1 if any image failed, else 0.
 """
@@ -84,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .build import build_safire
-    from .partition import partition
+    from .partition import calibrated_defaults, partition
     from .predictor import SafirePredictor
+    from .provenance import build_provenance
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -114,9 +116,17 @@ def run(args: argparse.Namespace) -> int:
             if args.skip_existing and Path(f"{stem}.json").exists():
                 continue
             t_load = time.perf_counter()
-            image = load_image(path)
+            data = path.read_bytes()  # hashed as read: sha256sum of the file gives the same value
+            image = load_image(data, name=str(path))
             load_s = time.perf_counter() - t_load
             res = partition(predictor, image, sources, grid_size=args.grid, seed=args.seed)
+            timings = {"load": load_s, **res.timings}
+            prov = build_provenance(
+                model=model, image_bytes=data, image_size=image.shape[:2], sources_requested=sources,
+                sources_found=res.num_sources, grid=args.grid, seed=args.seed,
+                partition_settings=calibrated_defaults(model), score=res.score, timings=timings,
+                extra={"image_file": path.name})
+            del data
             save_png(f"{stem}.heatmap.png", heatmap_to_uint8(res.heatmap))
             save_png(f"{stem}.sources.png", res.labels.astype("uint8"))
             save_png(f"{stem}.partition.png", colorize_partition(res.labels))
@@ -134,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
                 "sources_requested": args.sources,
                 "grid": args.grid,
                 "seed": args.seed,
-                "timings": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in res.timings.items()}},
+                "timings": {k: round(v, 4) for k, v in timings.items()},
+                "provenance": prov,
             }
             tmp = Path(f"{stem}.json.tmp")
             tmp.write_text(json.dumps(record, indent=2))

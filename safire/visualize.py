@@ -56,3 +56,88 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
     edge = boundaries(lab, width)
     out[edge] = (255.0, 255.0, 255.0)
     return out.astype(np.uint8)
+
+
+# Anchors of a perceptually ordered dark-to-bright map (close to matplotlib's "inferno"), so heat
+# maps render the same with or without matplotlib installed.
+_HEAT_ANCHORS = np.array(
+    [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66),
+     (245, 125, 21), (250, 193, 39), (252, 255, 164)],
+    dtype=np.float32,
+)
+_HEAT_LUT = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_HEAT_ANCHORS)), _HEAT_ANCHORS[:, c])
+     for c in range(3)], axis=1).round().astype(np.uint8)
+
+
+def heatmap_colour(heatmap: np.ndarray) -> np.ndarray:
+    """HxW float heat map in [0, 1] -> HxWx3 uint8 (dark = the host, bright = forged)."""
+    return _HEAT_LUT[heatmap_to_uint8(np.asarray(heatmap, dtype=np.float32))]
+
+
+def truth_colour(labels: np.ndarray, ignore: int = 255) -> np.ndarray:
+    """Ground-truth source labels -> colours (official palette); ``ignore`` pixels mid grey."""
+    lab = np.asarray(labels)
+    out = colorize_partition(np.where(lab == ignore, 0, lab))
+    out[lab == ignore] = (128, 128, 128)
+    return out
+
+
+def _resize(arr: np.ndarray, size: tuple, nearest: bool = False) -> np.ndarray:
+    from PIL import Image
+
+    if (arr.shape[1], arr.shape[0]) == tuple(size):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def tile_row(tiles, captions=None, title: str = "", *, tile_height: int = 0, max_pixels: int = 0,
+             nearest=None, gap: int = 6) -> np.ndarray:
+    """Tiles (HxWx3 or HxW uint8, same size) side by side on a dark strip with captions and a title.
+
+    ``tile_height`` > 0 scales every tile to that height; else tiles keep their size unless the
+    row would exceed ``max_pixels`` (then they are scaled down to fit). ``nearest``: per tile, use
+    nearest-neighbour scaling (label maps). Text uses PIL's built-in bitmap font.
+    """
+    from PIL import Image, ImageDraw
+
+    tiles = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t for t in tiles]
+    h, w = tiles[0].shape[:2]
+    scale = 1.0
+    if tile_height > 0:
+        scale = tile_height / h
+    elif max_pixels > 0 and len(tiles) * h * w > max_pixels:
+        scale = (max_pixels / (len(tiles) * h * w)) ** 0.5
+    if scale != 1.0:
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        nearest = nearest or [False] * len(tiles)
+        tiles = [_resize(t, size, bool(nn)) for t, nn in zip(tiles, nearest)]
+        h, w = tiles[0].shape[:2]
+    line = 14
+    head = (line + 4) * (1 if title else 0) + (line + 2 if captions else 0) + 4
+    W = len(tiles) * w + (len(tiles) + 1) * gap
+    canvas = np.full((head + h + gap, W, 3), 24, np.uint8)
+    for i, t in enumerate(tiles):
+        x = gap + i * (w + gap)
+        canvas[head:head + h, x:x + w] = t
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    y = 3
+    if title:
+        draw.text((gap, y), title, fill=(235, 235, 235))
+        y += line + 4
+    for i, cap in enumerate(captions or []):
+        draw.text((gap + i * (w + gap), y), str(cap), fill=(200, 200, 200))
+    return np.asarray(img)
+
+
+def explain_panel(image: np.ndarray, heatmap: np.ndarray, labels: np.ndarray, title: str = "",
+                  max_pixels: int = 24_000_000) -> np.ndarray:
+    """The analyst's view of one prediction: image | continuous heat map | sources over the image.
+
+    At the image's resolution unless the three tiles together exceed ``max_pixels`` (then scaled).
+    """
+    k = int(labels.max()) + 1 if labels.size else 1
+    return tile_row([image, heatmap_colour(heatmap), overlay(image, labels)],
+                    ["image", "heat map (bright = forged)", f"sources ({k}), host untinted"],
+                    title, max_pixels=max_pixels, nearest=[False, False, True])
