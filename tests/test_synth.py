@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.photos import PHOTO_SPECS, VAL_PHOTOS, PhotoPool
+import training.synth as synth
+from training.photos import PHOTO_SPECS, VAL_PHOTOS, Photo, PhotoPool, PhotoSpec
 from training.synth import (
     MANIPULATIONS,
+    SHAPES,
+    SYNTH_VERSION,
     choose_num_sources,
     generate_sample,
     main,
@@ -219,3 +222,158 @@ def test_parallel_equals_serial(tmp_path):
 def test_cli_rejects_bad_sources(tmp_path):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--sources", "0-9"])
+
+
+# ---------------------------------------------------------------------------------------------
+# v2: object-shaped regions, camera traces, global chains
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_layout(s):
+    """The invariants of the sources mask and its metadata."""
+    H, W = s.sources.shape
+    assert s.image.shape == (H, W, 3) and (s.meta["height"], s.meta["width"]) == (H, W)
+    assert np.unique(s.sources).tolist() == list(range(s.num_sources))
+    areas = np.bincount(s.sources.ravel(), minlength=s.num_sources) / float(H * W)
+    assert np.all(areas[:-1] >= areas[1:]) and s.meta["sources"][0]["role"] == "host"
+    for i, src in enumerate(s.meta["sources"]):
+        assert abs(src["area"] - areas[i]) < 1e-5
+    json.dumps(s.meta)
+
+
+def test_version_and_segment_shapes_without_cutouts(train_pool):
+    assert SYNTH_VERSION == 2 and not train_pool.cutouts  # the suite uses the bundled photos
+    kinds, moved = set(), 0
+    for i in range(16):
+        s = generate_sample(i, 21, 4, train_pool, SMALL)
+        assert s.meta["generator"] == "training.synth v2"
+        _check_layout(s)
+        for src in s.meta["sources"][1:]:
+            shp = src["shape"]
+            kinds.add(shp["kind"])
+            assert shp["kind"] != "cutout"  # none installed: no cut-out shapes
+            if shp["kind"] == "segment":
+                assert shp["method"] in ("felzenszwalb", "slic") and shp["segments"] >= 1
+                if src["role"] == "copy-move":  # a real segment of the host, moved
+                    moved += 1
+                    assert src["geom"]["object"] and shp["move"]["scale"] > 0
+    assert "segment" in kinds and kinds & set(SHAPES)  # geometric shapes stay in the mix
+    assert moved
+
+
+def test_segments_follow_image_edges():
+    """On a host with one clear object, a segment region placed on it is that object."""
+    H, W = 160, 200
+    yy, xx = np.mgrid[0:H, 0:W]
+    disc = np.hypot(yy - 80, xx - 110) < 42
+    noise = np.random.default_rng(0).normal(0, 3, (H, W, 3))
+    img = (np.where(disc[..., None], [200.0, 60.0, 50.0], [90.0, 110.0, 120.0])
+           + 10 * np.sin(xx / 9.0)[..., None] + noise).astype(np.float32)
+    ious, methods = [], set()
+    for k in range(24):
+        r = synth._rng(0, k, 2)
+        seg = synth._Segments(img, r)
+        res = seg.region(r, H, W, [60, 90, 100, 130], float(disc.mean()))
+        assert res is not None
+        m, info = res
+        methods.add(info["method"])
+        ious.append((m & disc).sum() / (m | disc).sum())
+    assert methods == {"felzenszwalb", "slic"}
+    # the first segment is drawn near the box centre, sometimes just outside the object
+    assert np.mean(np.array(ious) > 0.85) >= 0.75
+
+
+def _cutout_pool(base: PhotoPool) -> PhotoPool:
+    """The bundled photos plus one synthetic photo cut-out (a soft-edged blob on chelsea)."""
+    img = np.ascontiguousarray(base["chelsea"].image[60:180, 100:260])
+    yy, xx = np.mgrid[0:120, 0:160]
+    r = np.hypot((yy - 60) / 50.0, (xx - 80) / 70.0) + 0.15 * np.sin(5 * np.arctan2(yy - 60, xx - 80))
+    alpha = np.clip((1.0 - r) * 3000, 0, 255).astype(np.uint8)  # a soft edge of ~1 px
+    spec = PhotoSpec("fake_cutout", "test", "fake.png", "test", kind="cutout")
+    return PhotoPool(base.photos, split="train",
+                     cutouts=[Photo("fake_cutout", img, spec, alpha=alpha)])
+
+
+def test_cutout_splices_paste_the_alpha(train_pool):
+    from PIL import Image
+
+    pool = _cutout_pool(train_pool)
+    n = 0
+    for i in range(6):
+        s = generate_sample(i, 3, 2, pool, (160, 224), manipulations={"splicing": 1.0},
+                            object_shapes={"splicing": (1.0, 0.0)})
+        _check_layout(s)
+        src = s.meta["sources"][1]
+        if src["shape"]["kind"] != "cutout":  # too big for this image: geometric fallback
+            continue
+        n += 1
+        assert src["photo"] == "fake_cutout" and "fake_cutout" in s.meta["photos"]
+        assert src["paste"]["alpha"] == "cutout"
+        # the region is the cut-out's alpha (>= 128), scaled into its box
+        y0, x0, y1, x1 = src["shape"]["box"]
+        alpha = pool.cutouts[0].alpha
+        ys, xs = np.nonzero(alpha >= 128)
+        alpha = alpha[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        want = np.asarray(Image.fromarray(alpha).resize((x1 - x0, y1 - y0), Image.BILINEAR)) >= 128
+        if src["shape"]["flip"]:
+            want = want[:, ::-1]
+        got = s.sources[y0:y1, x0:x1] == 1
+        assert (got & want).sum() / (got | want).sum() > 0.9
+        assert not s.sources[:y0].any() and not s.sources[y1:].any()
+    assert n >= 4
+    # cut-outs also serve as shapes of the other manipulations
+    s = generate_sample(0, 3, 2, pool, (160, 224), manipulations={"removal": 1.0},
+                        object_shapes={"removal": (1.0, 0.0)})
+    assert s.meta["sources"][1]["shape"]["kind"] == "cutout"
+    assert s.meta["photos"] == [s.meta["photo"]]  # a shape only: no pixels of the cut-out
+
+
+def test_camera_histories_have_sensor_traces(batch):
+    ops = [op for s in batch for src in s.meta["sources"] for op in src["history"]]
+    kinds = {op["op"] for op in ops}
+    assert {"cfa", "prnu", "sharpen", "noise", "jpeg"} <= kinds
+    assert any("channel_gains" in op for op in ops if op["op"] == "noise")
+    for op in ops:
+        if op["op"] == "cfa":
+            assert op["pattern"] in ("RGGB", "GRBG", "GBRG", "BGGR")
+            assert op["method"] in ("bilinear", "edge")
+
+
+@pytest.mark.parametrize("method", ["bilinear", "edge"])
+def test_cfa_keeps_sampled_sites(method):
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 255, (12, 10, 3)).astype(np.float32)
+    out = synth._cfa(a, "GRBG", method, (1, 0))  # origin (1, 0): red on even rows, odd columns
+    rows, cols = np.arange(12)[:, None] + 1, np.arange(10)[None, :]
+    red = (rows % 2 == 0) & (cols % 2 == 1)
+    blue = (rows % 2 == 1) & (cols % 2 == 0)
+    green = ~(red | blue)
+    np.testing.assert_allclose(out[..., 0][red], a[..., 0][red], atol=1e-3)
+    np.testing.assert_allclose(out[..., 1][green], a[..., 1][green], atol=1e-3)
+    np.testing.assert_allclose(out[..., 2][blue], a[..., 2][blue], atol=1e-3)
+    flat = np.full((8, 8, 3), [50.0, 120.0, 200.0], dtype=np.float32)
+    np.testing.assert_allclose(synth._cfa(flat, "RGGB", method, (0, 0)), flat, atol=1e-3)
+
+
+def test_global_chains(train_pool):
+    chains = {}
+    for i in range(40):
+        s = generate_sample(i, 6, 1, train_pool, SMALL, difficulty="hard")
+        chains.setdefault(s.meta["global_chain"], []).append(s.meta["global_post"])
+    assert {"social", "double-jpeg", "basic"} <= set(chains)
+    for post in chains["social"]:
+        assert post[-1]["op"] == "jpeg" and 70 <= post[-1]["quality"] <= 85
+        assert all(op["op"] != "resize" for op in post)  # small images are not downscaled
+    for post in chains["double-jpeg"]:
+        assert [op["op"] for op in post] == ["jpeg", "jpeg"]
+
+
+def test_social_chain_downscales_large_images_and_masks(train_pool, monkeypatch):
+    monkeypatch.setattr(synth, "SOCIAL_MAX_SIDE", 100)
+    monkeypatch.setattr(synth, "_CHAIN_P", {d: (1.0, 0.0) for d in synth.DIFFICULTIES})
+    for i in range(4):
+        s = generate_sample(i, 2, 3, train_pool, (120, 160))
+        assert s.meta["global_chain"] == "social"
+        assert max(s.image.shape[:2]) == 100 and "resize" in [o["op"] for o in s.meta["global_post"]]
+        assert max(s.meta["size_before_post"]) > 100
+        _check_layout(s)

@@ -114,7 +114,7 @@ OBJECT_SHARE: Dict[str, Tuple[float, float]] = {
 SOCIAL_MAX_SIDE = 1600
 #: Probabilities of the "social" and "double-jpeg" global chains per difficulty.
 _CHAIN_P = {"easy": (0.12, 0.08), "medium": (0.18, 0.10), "hard": (0.25, 0.12)}
-_SEG_SIDE = 224  # long side of the host view that is over-segmented
+_SEG_SIDE = 192  # long side of the host view that is over-segmented
 _CUTOUT_MAX_UP = 2.5  # largest upscaling of a photo cut-out
 DIFFICULTIES = {"easy": 0.45, "medium": 0.35, "hard": 0.20}
 # Wanted window of the smallest trace distance between a new source and the earlier ones, per
@@ -727,21 +727,27 @@ class _Segments:
             compact = _loguniform(rng, 4.0, 25.0)
             lab = segmentation.slic(small, n_segments=n_seg, compactness=compact, start_label=0)
             self.params = {"method": "slic", "n_segments": n_seg, "compactness": _r(compact, 2)}
-        _, lab = np.unique(lab, return_inverse=True)
-        self.labels = lab.reshape(h, w).astype(np.int32)
+        lab = lab.astype(np.int64)
+        present = np.bincount(lab.ravel()) > 0
+        lab = (np.cumsum(present) - 1)[lab]  # consecutive labels
+        self.labels = lab.astype(np.int32)
         self.n = int(self.labels.max()) + 1
         self.params["segments_total"] = self.n
         self.areas = np.bincount(self.labels.ravel(), minlength=self.n).astype(np.float64)
         yy, xx = np.mgrid[0:h, 0:w]
         self.cy = np.bincount(self.labels.ravel(), yy.ravel(), self.n) / np.maximum(self.areas, 1)
         self.cx = np.bincount(self.labels.ravel(), xx.ravel(), self.n) / np.maximum(self.areas, 1)
+        flat = small.reshape(-1, 3).astype(np.float64)
+        self.colour = np.stack([np.bincount(self.labels.ravel(), flat[:, c], self.n)
+                                for c in range(3)], axis=1) / np.maximum(self.areas, 1)[:, None]
         pairs = np.concatenate([
             np.stack([self.labels[:, :-1].ravel(), self.labels[:, 1:].ravel()], 1),
             np.stack([self.labels[:-1, :].ravel(), self.labels[1:, :].ravel()], 1)])
-        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        pairs = np.sort(pairs, axis=1)
-        uniq, counts = np.unique(pairs[:, 0].astype(np.int64) * self.n + pairs[:, 1],
-                                 return_counts=True)
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]].astype(np.int64)
+        keys = np.minimum(pairs[:, 0], pairs[:, 1]) * self.n + np.maximum(pairs[:, 0], pairs[:, 1])
+        hist = np.bincount(keys, minlength=self.n * self.n)
+        uniq = np.flatnonzero(hist)
+        counts = hist[uniq]
         self.nbrs: List[Dict[int, int]] = [dict() for _ in range(self.n)]
         for key, c in zip(uniq.tolist(), counts.tolist()):
             a, b = divmod(key, self.n)
@@ -752,7 +758,8 @@ class _Segments:
     def region(self, rng: np.random.Generator, H: int, W: int, box: Sequence[int],
                area_frac: float) -> Optional[Tuple[np.ndarray, Dict[str, Any]]]:
         """A connected union of neighbouring segments of about ``area_frac`` of the image near
-        the centre of ``box`` (full-resolution mask), or ``None``."""
+        the centre of ``box`` (full-resolution mask), or ``None``. It grows by neighbours that
+        share much border and have a similar mean colour, as an object's parts do."""
         h, w = self.labels.shape
         tgt = area_frac * h * w
         ok = np.flatnonzero(self.areas <= 1.5 * tgt)
@@ -767,19 +774,31 @@ class _Segments:
         area = float(self.areas[first])
         goal = tgt * float(rng.uniform(0.7, 1.1))
         border: Dict[int, int] = dict(self.nbrs[first])
+        colour = self.colour[first].copy()
         while area < goal and len(union) < 400:
             cand = [b for b in border if area + self.areas[b] <= 1.5 * tgt]
             if not cand:
                 break
+            dc = np.sum((self.colour[cand] - colour) ** 2, axis=1)
             wts = np.array([border[b] for b in cand], dtype=np.float64) ** 2
+            wts = wts * np.exp(-dc / (2 * 20.0 ** 2)) + 1e-12
             b = cand[int(rng.choice(len(cand), p=wts / wts.sum()))]
             union.add(b)
+            colour = (colour * area + self.colour[b] * self.areas[b]) / (area + self.areas[b])
             area += float(self.areas[b])
             del border[b]
             for c, n in self.nbrs[b].items():
                 if c not in union:
                     border[c] = border.get(c, 0) + n
-        low = ndimage.binary_fill_holes(np.isin(self.labels, list(union)))
+        sel = np.zeros(self.n, dtype=bool)
+        sel[list(union)] = True
+        low = ndimage.binary_fill_holes(sel[self.labels])
+        opened = ndimage.binary_opening(low, iterations=1)  # no one-pixel tendrils
+        lab, n = ndimage.label(opened)
+        if n >= 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            low = lab == int(np.argmax(sizes))
         if low.sum() < 0.3 * tgt:
             return None
         m = _float_resize(low.astype(np.float32), (H, W), Image.BILINEAR) > 0.5
@@ -1333,7 +1352,7 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
     if not 1 <= num_sources <= 6:
         raise ValueError("num_sources must be in 1..6")
     split = split or photos.split
-    rng = _rng(seed, index, 0)
+    rng = _rng(seed, index, _S_MAIN)
     if difficulty is None:
         difficulty = str(rng.choice(list(DIFFICULTIES), p=list(DIFFICULTIES.values())))
     elif difficulty not in DIFFICULTIES:
@@ -1534,7 +1553,7 @@ def choose_num_sources(seed: int, index: int, lo: int, hi: int,
     """Number of sources of sample ``index``: uniform over ``lo..hi``; with
     ``authentic_fraction`` set, authentic (1) with that probability and otherwise uniform over
     ``max(lo, 2)..hi``."""
-    rng = _rng(seed, index, 1)
+    rng = _rng(seed, index, _S_COUNT)
     if authentic_fraction is None:
         return int(rng.integers(lo, hi + 1))
     if rng.random() < authentic_fraction or hi < 2:
