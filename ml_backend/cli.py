@@ -3,7 +3,8 @@
     safire predict IMAGE|DIR|GLOB ... --out DIR      partition images (safire.cli)
     safire synth --out DIR --n N                     synthetic multi-source forgeries (training.synth)
     safire train ...                                 train / fine-tune (training.train)
-    safire evaluate --data DIR [--checkpoint CK]     held-out metrics (training.evaluate)
+    safire evaluate --data DIR [--checkpoint CK]     held-out metrics (training.evaluate); --report DIR: HTML
+    safire robustness --data DIR --out DIR           metrics under JPEG, resizing, blur, noise (training.robustness)
     safire calibrate --checkpoint CK --data DIR --out CK2   tune automatic mode (training.calibrate)
     safire export EXPORT.json --out DIR              Label Studio export -> dataset (ml_backend.export)
     safire serve                                     the Label Studio ML backend (gunicorn)
@@ -23,7 +24,8 @@ COMMANDS = {
     "train": ("training.train", "train or fine-tune a SAFIRE model"),
     "pretrain": ("training.pretrain", "region-to-region contrastive pretraining of the encoder"),
     "calibrate": ("training.calibrate", "tune the automatic number of sources of a checkpoint on held-out data"),
-    "evaluate": ("training.evaluate", "held-out metrics of a model on a dataset (model-card table)"),
+    "evaluate": ("training.evaluate", "held-out metrics of a model on a dataset (model-card table, --report HTML)"),
+    "robustness": ("training.robustness", "metrics under JPEG, resizing, blur, noise and a social-network chain"),
     "export": ("ml_backend.export", "turn a Label Studio export into a training dataset"),
     "serve": ("ml_backend.serve", "run the Label Studio ML backend"),
 }
@@ -31,7 +33,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: safire COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<9} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
     lines += ["", "safire COMMAND --help shows a command's options."]
     return "\n".join(lines)
 

@@ -8,6 +8,11 @@ map of the paper's Table 1). Metrics:
 - binary (forged images): permuted F1 at 0.5 and at the best threshold, with the don't-care band;
 - image level: AUC of the forgery score (authentic vs forged), balanced accuracy at 0.5, and the
   share of authentic images that automatic mode splits into several sources.
+
+``--report DIR`` also writes a static HTML report (``training/report.py``): the tables, the ROC
+curve of the image score and the binary F1 per threshold as PNGs, and a gallery of per-image
+panels, worst cases first. ``training/robustness.py`` (``safire robustness``) runs this evaluation
+on degraded copies of the images.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,10 +52,17 @@ def evaluate_partition(
     grid_size: int = 16,
     seed: int = 0,
     auto_settings: Optional[Dict[str, Any]] = None,
+    f1_thresholds: Optional[Sequence[float]] = None,
+    on_image: Optional[Callable[..., None]] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> EvalResult:
     """Evaluate ``model`` on items with ``image`` (HxWx3 uint8) and ``labels`` (HxW, 255 ignore).
 
     ``auto_settings`` overrides the automatic-mode settings (default: the checkpoint's calibration).
+    ``f1_thresholds``: forged images also get ``row["f1_curve"]``, the permuted binary F1 of the
+    two-source heat map at each threshold. ``on_image(index, item, row, auto, binary)`` is called
+    after each image with its automatic partition and its two-source partition (None for an
+    authentic image). ``progress(done, total)`` after each image.
     """
     auto_kw = {**calibrated_defaults(model), **(auto_settings or {})}
     predictor = SafirePredictor(model, cache_bytes=0)
@@ -80,7 +92,15 @@ def evaluate_partition(
                 binary = (gt > 0) & (gt != 255)
                 row["f1_fixed"] = M.f1_fixed(two.heatmap, binary)
                 row["f1_best"] = M.f1_best(two.heatmap, binary)
+                if f1_thresholds is not None:
+                    row["f1_curve"] = [M.f1_fixed(two.heatmap, binary, threshold=float(t)) for t in f1_thresholds]
+            else:
+                two = None
             rows.append(row)
+            if on_image is not None:
+                on_image(i, item, row, auto, two)
+            if progress is not None:
+                progress(i + 1, n)
     summary: Dict[str, float] = {}
 
     def mean(key: str, sel=lambda r: True) -> float:
@@ -145,12 +165,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write summary and per-image rows to this file")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write a static HTML report to DIR/index.html: tables, ROC and per-threshold F1 "
+                        "curves (PNG), per-image panels worst first")
+    p.add_argument("--gallery", type=int, default=200,
+                   help="with --report: at most this many per-image panels in the gallery (default 200)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model = build_safire(checkpoint=args.checkpoint, device=args.device, use_default=args.checkpoint is None)
     data = ConcatReader([open_dataset(d) for d in args.data])
-    res = evaluate_partition(model, data, limit=args.limit, grid_size=args.grid, seed=args.seed)
+    if args.report:
+        from .report import write_evaluation_report
+
+        t0 = time.perf_counter()
+        res, page = write_evaluation_report(model, data, args.report, limit=args.limit, grid_size=args.grid,
+                                            seed=args.seed, gallery=args.gallery, data_names=args.data,
+                                            command=["safire", "evaluate", *(argv if argv is not None else sys.argv[1:])])
+        print(f"report: {page} ({time.perf_counter() - t0:.0f} s)")
+    else:
+        res = evaluate_partition(model, data, limit=args.limit, grid_size=args.grid, seed=args.seed)
     print(f"model {model.meta.get('model_version')}, {int(res.summary['count'])} images, grid {args.grid}, "
           f"seed {args.seed}")
     print(format_table(res.summary))
