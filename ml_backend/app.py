@@ -547,7 +547,7 @@ class Backend:
         self.metrics.stage("partition", t1 - t0)
         self.metrics.stage("encode_rle", t2 - t1)
         task_id = task.get("id")
-        extra: Dict[str, Any] = {"project": project, "task_id": task_id, "image_url": display_url(url),
+        extra: Dict[str, Any] = {"kind": "preannotation", "project": project, "task_id": task_id, "image_url": display_url(url),
                                  "embedding_cached": bool(cached), "work_resolution": list(work)}
         if project is not None and isinstance(task_id, int) and not isinstance(task_id, bool) and task_id > 0:
             self.remember_task(project, task_id, url)
@@ -645,9 +645,13 @@ class Backend:
             _Image.fromarray(out).save(buf, format="PNG", compress_level=3)
         return buf.getvalue()
 
-    def click(self, task: Mapping[str, Any], context: Any, spec: LabelConfigSpec, loaded: Any) -> Dict[str, Any]:
+    def click(self, task: Mapping[str, Any], context: Any, spec: LabelConfigSpec, loaded: Any,
+              project: Optional[str] = None) -> Dict[str, Any]:
+        from safire.provenance import build_provenance
+
         url = task_image_url(task, spec)
         parse_context(context, spec)  # no usable prompt: fail before fetching or encoding anything
+        t_start = time.perf_counter()
         emb, cached = self.embedding(loaded, url, task.get("id"), high=True)
         self.metrics.count("click_embedding_cached" if cached else "click_embedding_computed")
         h, w = emb.orig_hw
@@ -658,8 +662,23 @@ class Backend:
                 prompt.points if len(prompt.points) else None,
                 prompt.labels if len(prompt.points) else None,
                 box=prompt.box, embedding=emb)
-        self.metrics.stage("click_decode", time.perf_counter() - t0)
-        return click_to_prediction(pred, prompt, spec, loaded.version)
+        t1 = time.perf_counter()
+        self.metrics.stage("click_decode", t1 - t0)
+        out = click_to_prediction(pred, prompt, spec, loaded.version)
+        # provenance without any extra work on the click path: the image hash is the one recorded
+        # when the embedding was computed (absent if that record was dropped meanwhile)
+        with self._info_lock:
+            info = self._image_info.get((str(loaded.version), self.image_key(url))) or {}
+        record = build_provenance(
+            model=loaded.model, image_sha256=info.get("sha256"), num_bytes=info.get("bytes"), image_size=(h, w),
+            model_version=loaded.version, weights_path=loaded.path, exif_transpose=True, device=self.settings.device,
+            partition_settings={"threshold": spec.threshold, "min_area": spec.min_area},
+            timings={"embedding": t0 - t_start, "decode": t1 - t0, "total": time.perf_counter() - t_start},
+            extra={"kind": "click", "project": project, "task_id": task.get("id"), "image_url": display_url(url),
+                   "embedding_cached": bool(cached),
+                   "prompt": {"positive_points": int((prompt.labels == 1).sum()),
+                              "negative_points": int((prompt.labels == 0).sum()), "box": prompt.box is not None}})
+        return attach_provenance(out, record)
 
     # -- prewarm ------------------------------------------------------------------------------------
     def prewarm(self, project: Optional[str], items: List[Tuple[str, Any]]) -> Dict[str, Any]:
@@ -921,7 +940,7 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
                 if not isinstance(task, Mapping):
                     raise ValueError("task is not a JSON object")
                 if interactive:
-                    results.append(backend.click(task, context, spec, loaded))
+                    results.append(backend.click(task, context, spec, loaded, project=project))
                     backend.metrics.count("clicks")
                 else:
                     results.append(backend.preannotate(task, spec, xml, loaded, project=project,

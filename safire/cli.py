@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 model=model, image_bytes=data, image_size=image.shape[:2], sources_requested=sources,
                 sources_found=res.num_sources, grid=args.grid, seed=args.seed,
                 partition_settings=calibrated_defaults(model), score=res.score, timings=timings,
-                extra={"image_file": path.name})
+                extra={"kind": "predict", "image_file": path.name})
             del data
             save_png(f"{stem}.heatmap.png", heatmap_to_uint8(res.heatmap))
             save_png(f"{stem}.sources.png", res.labels.astype("uint8"))

@@ -254,11 +254,15 @@ def provenance_summary(record: Mapping[str, Any], explain_url: Optional[str] = N
         f"model {record.get('model_version')}",
         f"weights sha256 {short(record.get('weights_sha256'))}",
         f"image sha256 {short(record.get('image_sha256'))}",
-        f"sources {record.get('sources_found')} (asked {record.get('sources_requested')})",
-        f"grid {record.get('grid')}",
-        f"seed {record.get('seed')}",
-        f"safire-studio {(record.get('library') or {}).get('safire_studio', '?')}",
     ]
+    prompt = record.get("prompt")
+    if isinstance(prompt, Mapping):
+        parts.append(f"click ({prompt.get('positive_points', 0)} positive, {prompt.get('negative_points', 0)} "
+                     f"negative point(s){', box' if prompt.get('box') else ''})")
+    else:
+        parts += [f"sources {record.get('sources_found')} (asked {record.get('sources_requested')})",
+                  f"grid {record.get('grid')}", f"seed {record.get('seed')}"]
+    parts.append(f"safire-studio {(record.get('library') or {}).get('safire_studio', '?')}")
     if record.get("created_at"):
         parts.append(str(record["created_at"])[:19] + "Z")
     line = "SAFIRE: " + ", ".join(parts)

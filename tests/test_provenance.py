@@ -274,3 +274,20 @@ def test_provenance_index_reads_the_backend_log_and_matches_by_task(tmp_path):
     assert index.lookup({"id": 4, "project": 7}, None) == newer  # the latest prediction of the task
     assert index.lookup({"id": 99, "project": 7}, "/data/upload/7/ffffffff-img4.png") == newer  # by file name
     assert ProvenanceIndex().lookup({"id": 4}, None) is None
+
+
+def test_clicks_carry_provenance_without_extra_fetches(make_client, ls):
+    from test_app import CLICK
+
+    client = make_client()
+    body = predict_body(CLICK)
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200
+    res = r.json["results"][0]
+    prov = res["provenance"]
+    url = CLICK["tasks"][0]["data"]["image"]
+    assert prov["kind"] == "click" and prov["image_sha256"] == hashlib.sha256(served(ls, url)).hexdigest()
+    assert prov["prompt"]["positive_points"] >= 1 and prov["model_version"] == res["model_version"]
+    assert all(reg["meta"]["safire_provenance"] == prov for reg in res["result"])
+    assert all(reg["type"] == "brushlabels" for reg in res["result"])  # no text area on clicks
+    assert "click (" in res["result"][0]["meta"]["text"][0] if res["result"] else True

@@ -25,7 +25,7 @@ and at the best threshold, and the AUC of the image-level score (needs authentic
 among the data, e.g. ``--data test-k1 test-k2``). ``OUT/`` receives ``robustness.md`` (the table),
 ``robustness.png`` (one panel per family, metric against level, the clean value dashed),
 ``robustness.json`` (every summary) and ``examples/`` (the first image at every level, so the
-degradations can be checked by eye).
+degradations can be checked by eye; ``--no-examples`` leaves them out).
 """
 
 from __future__ import annotations
@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blur", type=_floats, default=DEFAULT_LEVELS["blur"], help="blur sigmas in pixels")
     p.add_argument("--noise", type=_floats, default=DEFAULT_LEVELS["noise"], help="noise sigmas (0-255 scale)")
     p.add_argument("--no-social", action="store_true", help="leave out the social-network chain")
+    p.add_argument("--no-examples", action="store_true", help="do not write OUT/examples/ (one PNG per level)")
     p.add_argument("--grid", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -370,7 +371,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
     rows = run_robustness(model, data, levels, grid_size=args.grid, seed=args.seed,
-                          examples_dir=os.path.join(args.out, "examples"), log=lambda m: print(m, file=sys.stderr))
+                          examples_dir=None if args.no_examples else os.path.join(args.out, "examples"), log=lambda m: print(m, file=sys.stderr))
     elapsed = time.perf_counter() - t0
     meta = model.meta or {}
     w = weights_info(model)
