@@ -55,3 +55,26 @@ clean-env:
 # `apt-get update` once). Re-running is fast: packages already installed are skipped.
 photos: env
 	$(PY) scripts/install_photos.py
+
+# The README's robustness table and plot, and its evaluation-report screenshot, on the held-out
+# synthetic test sets (test photos only, never seen in training; generated on first use into
+# $(TEST_DATA), e.g. `make robustness TEST_DATA=/work/data` to reuse sets that exist). CHECKPOINT
+# (default: the embedded model) selects the weights; ROBUSTNESS_LIMIT / REPORT_LIMIT are images
+# per set.
+.PHONY: robustness report
+TEST_DATA ?= data
+CHECKPOINT ?=
+ROBUSTNESS_LIMIT ?= 10
+REPORT_LIMIT ?= 8
+TEST_SETS := $(TEST_DATA)/test-k1 $(TEST_DATA)/test-k2 $(TEST_DATA)/test-k3
+CKPT_ARG := $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),)
+
+$(TEST_DATA)/test-k%/manifest.json: | env
+	$(VENV)/bin/safire synth --out $(TEST_DATA)/test-k$* --n 100 --sources $* --split test --seed 50$* --size-min 384 --size-max 896 --quiet
+
+robustness: env $(addsuffix /manifest.json,$(TEST_SETS))
+	$(VENV)/bin/safire robustness --data $(TEST_SETS) --limit $(ROBUSTNESS_LIMIT) --out docs/robustness --no-examples $(CKPT_ARG)
+
+report: env $(addsuffix /manifest.json,$(TEST_SETS))
+	$(VENV)/bin/safire evaluate --data $(TEST_SETS) --limit $(REPORT_LIMIT) --report out/report $(CKPT_ARG)
+	$(PY) scripts/report_screenshot.py out/report/index.html docs/screenshots/report.png
