@@ -7,13 +7,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: env serve test test-fast e2e ls-env screenshots bench clean-env photos
+.PHONY: env serve test test-fast e2e ls-env screenshots bench clean-env photos docker-smoke
 
-$(STAMP): requirements.txt pyproject.toml
+# requirements.txt is the runtime (what the Docker image holds); requirements-test.txt adds the
+# test tools on top of it (it includes requirements.txt), resolved together in one pip run.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet "pip>=23"
-	$(PY) -m pip install --quiet -r requirements.txt
-	@if [ -f requirements-test.txt ]; then $(PY) -m pip install --quiet -r requirements-test.txt; fi
+	$(PY) -m pip install --quiet -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
@@ -55,6 +56,12 @@ clean-env:
 # `apt-get update` once). Re-running is fast: packages already installed are skipped.
 photos: env
 	$(PY) scripts/install_photos.py
+
+# Build the Docker image, run it and query it (scripts/docker_smoke.sh; needs a Docker engine, so it
+# is not part of `make test`). Arguments go through SMOKE_ARGS, e.g.
+#   make docker-smoke SMOKE_ARGS="--base-image safire-base:bookworm --torch-index-url https://pypi.org/simple"
+docker-smoke:
+	bash scripts/docker_smoke.sh $(SMOKE_ARGS)
 
 # The README's robustness table and plot, and its evaluation-report screenshot, on the held-out
 # synthetic test sets (test photos only, never seen in training; generated on first use into
