@@ -83,5 +83,5 @@ robustness: env $(addsuffix /manifest.json,$(TEST_SETS))
 	$(VENV)/bin/safire robustness --data $(TEST_SETS) --limit $(ROBUSTNESS_LIMIT) --out docs/robustness --no-examples $(CKPT_ARG)
 
 report: env $(addsuffix /manifest.json,$(TEST_SETS))
-	$(VENV)/bin/safire evaluate --data $(TEST_SETS) --limit $(REPORT_LIMIT) --report out/report $(CKPT_ARG)
+	$(VENV)/bin/safire evaluate --data $(TEST_SETS) --limit-each $(REPORT_LIMIT) --report out/report $(CKPT_ARG)
 	$(PY) scripts/report_screenshot.py out/report/index.html docs/screenshots/report.png

@@ -160,6 +160,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--checkpoint", default=None, help="weights (default: the embedded model)")
     p.add_argument("--data", nargs="+", required=True, help="dataset folder(s) or list file(s)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    p.add_argument("--limit-each", type=int, default=None, metavar="N",
+                   help="evaluate the first N images of each --data folder (a mix of every set)")
     p.add_argument("--grid", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -175,6 +177,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     model = build_safire(checkpoint=args.checkpoint, device=args.device, use_default=args.checkpoint is None)
     data = ConcatReader([open_dataset(d) for d in args.data])
+    if args.limit_each is not None:
+        from .robustness import Subset
+
+        data = Subset(data.readers, args.limit_each)
     if args.report:
         from .report import write_evaluation_report
 
