@@ -211,8 +211,7 @@ def build_provenance(
     rec["sources_found"] = int(sources_found) if sources_found is not None else None
     rec["grid"] = int(grid) if grid is not None else None
     rec["seed"] = int(seed) if seed is not None else None
-    if partition_settings:
-        rec["partition"] = _jsonable(dict(partition_settings))
+    rec["partition"] = _jsonable(dict(partition_settings or {}))
     if score is not None:
         rec["score"] = round(float(score), 6)
     rec["preprocessing"] = preprocessing(model, exif_transpose)

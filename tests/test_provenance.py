@@ -291,3 +291,45 @@ def test_clicks_carry_provenance_without_extra_fetches(make_client, ls):
     assert all(reg["meta"]["safire_provenance"] == prov for reg in res["result"])
     assert all(reg["type"] == "brushlabels" for reg in res["result"])  # no text area on clicks
     assert "click (" in res["result"][0]["meta"]["text"][0] if res["result"] else True
+
+
+def test_bulk_preannotation_function_writes_the_backends_fields(checkpoint):
+    from ml_backend.preannotate import preannotate_image
+    from safire.build import build_safire
+
+    model = build_safire(checkpoint=checkpoint)
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(7).random((48, 64, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
+    data = buf.getvalue()
+    pred = preannotate_image(model, data, WITH_TEXTAREA, grid=4, extra={"project": "3", "task_id": 41})
+    prov = pred["provenance"]
+    assert prov["image_sha256"] == hashlib.sha256(data).hexdigest()
+    assert prov["weights_sha256"] == hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    assert (prov["kind"], prov["project"], prov["task_id"], prov["grid"]) == ("preannotation", "3", 41, 4)
+    assert prov["sources_requested"] == 2 and prov["sources_found"] == 2
+    assert find_provenance({"result": pred["result"]}) == prov
+    brush = [r for r in pred["result"] if r["type"] == "brushlabels"]
+    assert brush and (brush[0]["original_height"], brush[0]["original_width"]) == (48, 64)
+    # the backend's pre-annotation records the same keys
+    keys = {"schema", "kind", "image_sha256", "image_bytes", "image_height", "image_width", "model_version",
+            "model_variant", "weights_sha256", "weights_file", "sources_requested", "sources_found", "grid",
+            "seed", "partition", "score", "preprocessing", "library", "device", "timings"}
+    assert keys <= set(prov)
+
+
+def test_evaluate_limit_each_takes_n_images_of_every_folder(tmp_path, checkpoint):
+    from conftest import toy_forgery
+    from training.evaluate import main
+
+    for name, k in (("a", 1), ("b", 2)):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "sources").mkdir()
+        for i in range(3):
+            item = toy_forgery(i, 48, k)
+            Image.fromarray(item.image).save(tmp_path / name / "images" / f"x{i}.png")
+            Image.fromarray(item.labels).save(tmp_path / name / "sources" / f"x{i}.png")
+    out = tmp_path / "r.json"
+    assert main(["--data", str(tmp_path / "a"), str(tmp_path / "b"), "--limit-each", "2", "--grid", "4",
+                 "--checkpoint", checkpoint, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["per_image"]
+    assert [r["k_true"] for r in rows] == [1, 1, 2, 2]
