@@ -392,7 +392,8 @@ def test_control_endpoints_need_authentication(backend, stage):
              ("GET", "/jobs/1", None), ("GET", "/versions/1", None), ("GET", "/metrics", None),
              ("POST", "/prewarm", {"urls": ["/data/upload/1/a.png"]}),
              ("POST", "/setup", {"project": "1.1", "schema": BINARY}),
-             ("POST", "/predict", {"tasks": [], "label_config": BINARY}), ("GET", "/static/x", None)]
+             ("POST", "/predict", {"tasks": [], "label_config": BINARY}), ("GET", "/static/x", None),
+             ("GET", "/explain/1/1", None)]
     for method, path, body in calls:
         r = requests.request(method, backend.url + path, json=body, timeout=10)
         assert r.status_code == 401, (path, r.status_code)
