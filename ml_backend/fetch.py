@@ -408,7 +408,8 @@ class ImageFetcher:
         """``GET LABEL_STUDIO_URL + path`` of Label Studio's REST API, authenticated; the decoded JSON.
 
         Used by the export and the retraining jobs (``/api/projects/<id>``, ``.../export``). Through
-        the same guarded session as images; redirects are not followed. Raises :class:`FetchError`
+        the same guarded session as images; redirects are followed only on Label Studio's own host
+        (e.g. Django's trailing-slash redirect), at most 5. Raises :class:`FetchError`
         (``AuthError`` for 401/403, ``HTTPStatusError`` with the status otherwise).
         """
         if not path.startswith("/api/"):
@@ -417,6 +418,7 @@ class ImageFetcher:
         url = self.base + path
         wait = float(timeout or self.timeout)
         refreshed = False
+        hops = 0
         while True:
             headers = {"User-Agent": "safire-ml-backend", "Accept": "application/json"}
             value = self._auth_header()
@@ -434,6 +436,14 @@ class ImageFetcher:
             if r.status_code == 401 and self.auth_scheme == "refresh" and not refreshed:
                 refreshed = True
                 self._access_token(force=True)
+                continue
+            if r.status_code in _REDIRECTS and r.headers.get("Location"):
+                hops += 1
+                nxt = urljoin(r.url, r.headers["Location"])
+                if hops > MAX_REDIRECTS or urlsplit(nxt).scheme not in ("http", "https") \
+                        or urlsplit(nxt).netloc.lower() != self._ls_netloc:
+                    raise HTTPStatusError(f"{display_url(url)} redirected away from Label Studio: refused")
+                url, params = nxt, None  # the query string is in the new URL
                 continue
             if r.status_code in (401, 403):
                 raise AuthError(self._auth_message(r.status_code, url, "request"))

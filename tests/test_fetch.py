@@ -27,6 +27,7 @@ from ml_backend.fetch import (
     FetchConfigError,
     FetchTimeoutError,
     HostNotAllowedError,
+    HTTPStatusError,
     ImageFetcher,
     InvalidURLError,
     LocalFileError,
@@ -612,5 +613,36 @@ def test_session_ignores_proxies_netrc_and_cookies(monkeypatch, tmp_path):
             assert s.get(server.url + "/a", timeout=5).text == "ok"
         assert seen == [(None, None), (None, None)]  # no cookie kept, no .netrc credentials
         assert len(s.cookies) == 0
+    finally:
+        server.close()
+
+
+def test_api_get_follows_redirects_on_label_studio_only():
+    app = Flask("fake-ls-api")
+    seen = []
+
+    @app.get("/api/projects/<int:pid>")
+    def no_slash(pid: int) -> Any:
+        seen.append((request.full_path, request.headers.get("Authorization")))
+        return redirect(f"/api/projects/{pid}/?x=1", 301)  # Django's APPEND_SLASH
+
+    @app.get("/api/projects/<int:pid>/")
+    def project(pid: int) -> Any:
+        seen.append((request.full_path, request.headers.get("Authorization")))
+        return {"id": pid}
+
+    @app.get("/api/away")
+    def away() -> Any:
+        return redirect("http://127.0.0.1:1/api/x", 302)
+
+    server = _Server(app)
+    try:
+        f = fetcher_for(server.url)
+        assert f.api_get("/api/projects/3") == {"id": 3}
+        assert seen == [("/api/projects/3?", f"Token {LEGACY}"), ("/api/projects/3/?x=1", f"Token {LEGACY}")]
+        with pytest.raises(HTTPStatusError, match="away from Label Studio"):
+            f.api_get("/api/away")
+        with pytest.raises(InvalidURLError):
+            f.api_get("/data/upload/1/a.png")
     finally:
         server.close()
