@@ -280,25 +280,28 @@ class Safire(nn.Module):
         (the pixel mean) to a multiple of ``pad_multiple`` and, above ``tile_pixels``, encoded in
         overlapping tiles at native resolution; h, w = padded H, W / 16.
         """
-        x = self.normalize(images)
         if not self.native:
-            return self.image_encoder(x)
-        m = self.config.pad_multiple
-        H, W = x.shape[-2:]
-        ph, pw = (-H) % m, (-W) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+            return self.image_encoder(self.normalize(images))
+        H, W = images.shape[-2:]
         if self.config.tile_pixels and H * W > self.config.tile_pixels:
-            return self._encode_tiled(x)
-        return self.image_encoder(x)
+            return self._encode_tiled(images)
+        return self.image_encoder(self._pad(self.normalize(images.float())))
 
-    def _encode_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        """Native encoding of a large padded image in tiles of ``tile_size`` overlapping by
-        ``tile_overlap`` pixels; each tile keeps the tokens of its centre part (half the overlap is
-        dropped on every inner edge), so no token comes from a tile border."""
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.config.pad_multiple
+        ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    def _encode_tiled(self, images: torch.Tensor) -> torch.Tensor:
+        """Native encoding of a large image (Bx3xHxW, uint8 or float in [0, 255], not padded) in
+        tiles of ``tile_size`` overlapping by ``tile_overlap`` pixels of the padded frame; each tile
+        keeps the tokens of its centre part (half the overlap is dropped on every inner edge), so
+        no token comes from a tile border. Tiles are converted and normalised one at a time: the
+        memory is the image plus one tile's activations, whatever the image size."""
         s = self.config.patch_size
         T, O = self.config.tile_size, self.config.tile_overlap
-        H, W = x.shape[-2:]
+        m = self.config.pad_multiple
+        H, W = -(-images.shape[-2] // m) * m, -(-images.shape[-1] // m) * m
 
         def starts(n: int) -> List[int]:
             if n <= T:
@@ -313,7 +316,11 @@ class Safire(nn.Module):
             th = min(T, H)
             for x0 in starts(W):
                 tw = min(T, W)
-                e = self.image_encoder(x[..., y0 : y0 + th, x0 : x0 + tw])
+                tile = self.normalize(images[..., y0 : y0 + th, x0 : x0 + tw].float())
+                if tile.shape[-2:] != (th, tw):  # bottom/right tiles reach into the padding
+                    tile = F.pad(tile, (0, tw - tile.shape[-1], 0, th - tile.shape[-2]))
+                e = self.image_encoder(tile)
+                del tile
                 if out is None:
                     out = e.new_zeros(e.shape[0], e.shape[1], H // s, W // s)
                 top = 0 if y0 == 0 else O // 2

@@ -112,7 +112,7 @@ class SafirePredictor:
     def _encode(self, image: np.ndarray, key: str) -> ImageEmbedding:
         t0 = time.perf_counter()
         native = self.model.native
-        x = to_tensor(image, self.device) if native else squash_resize(image, self.img_size, self.device)
+        x = to_tensor(image, self.device, dtype=None) if native else squash_resize(image, self.img_size, self.device)
         emb = self.model.encode(x)
         del x
         ctx = self.model.decoder_context(emb)

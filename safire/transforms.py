@@ -120,12 +120,15 @@ def sample_logits_at(logits: torch.Tensor, xy: torch.Tensor, frame: int) -> torc
 # pixel (x, y) is model pixel (x, y); low-resolution logits are at stride 4 of the padded frame.
 
 
-def to_tensor(image: np.ndarray, device: Optional[torch.device] = None) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> 1x3xHxW float32 in [0, 255] (no resampling)."""
+def to_tensor(image: np.ndarray, device: Optional[torch.device] = None,
+              dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 1x3xHxW in [0, 255] (no resampling); ``dtype=None`` keeps uint8 (a
+    view when possible: the native encoder converts tile by tile)."""
     arr = np.ascontiguousarray(check_image(image))
     if not arr.flags.writeable:
         arr = arr.copy()
-    return torch.from_numpy(arr).to(device=device).permute(2, 0, 1).unsqueeze(0).float()
+    x = torch.from_numpy(arr).to(device=device).permute(2, 0, 1).unsqueeze(0)
+    return x if dtype is None else x.to(dtype)
 
 
 def padded_hw(hw: Tuple[int, int], multiple: int) -> Tuple[int, int]:
@@ -138,15 +141,17 @@ def native_logits_to_image(logits: torch.Tensor, orig_hw: Tuple[int, int],
     """Kxhxw stride-4 logits of a padded native frame -> KxHxW over the original image.
 
     The logits covering the image are upsampled 4x (bilinear, half-pixel centres) and cropped to
-    ``orig_hw``; with a different ``out_hw`` that map is then resized (bilinear).
+    ``orig_hw``; with a different ``out_hw`` (e.g. a bounded working resolution) the same logits are
+    resized straight to it (scale ``out_hw / orig_hw``) and cropped, so no full-size map is made.
     """
     H, W = int(orig_hw[0]), int(orig_hw[1])
+    oh, ow = (H, W) if out_hw is None else (int(out_hw[0]), int(out_hw[1]))
     lh, lw = -(-H // 4), -(-W // 4)
     lo = logits[..., :lh, :lw].float()
-    full = F.interpolate(lo[None], size=(4 * lh, 4 * lw), mode="bilinear", align_corners=False)[0][..., :H, :W]
-    if out_hw is not None and tuple(out_hw) != (H, W):
-        full = F.interpolate(full[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
-    return full
+    # the lh x lw logits cover 4lh x 4lw original pixels; scale them so that the original image
+    # maps onto oh x ow, then crop: one bilinear step, never a full-resolution map first
+    th, tw = -(-4 * lh * oh // H), -(-4 * lw * ow // W)
+    return F.interpolate(lo[None], size=(th, tw), mode="bilinear", align_corners=False)[0][..., :oh, :ow]
 
 
 def native_grid_points(n_per_side: int, orig_hw: Tuple[int, int]) -> np.ndarray:

@@ -128,8 +128,12 @@ def test_binary_mode_forged_union_and_authentic_empty(sdk_interface):
     assert sdk_interface(BINARY).validate_prediction(pred, return_errors=True) == []
     authentic = partition_to_prediction(make_partition(1, score=0.05), spec, "v2")
     assert authentic == {"result": [], "score": pytest.approx(0.05), "model_version": "v2"}
-    # multi mode: an authentic image has nothing to paint either
-    assert partition_to_prediction(make_partition(1), parse_label_config(MULTI), "v2")["result"] == []
+    # multi mode: an authentic image is one region, the whole image as the host (never empty)
+    mspec = parse_label_config(MULTI)
+    one = partition_to_prediction(make_partition(1), mspec, "v2")["result"]
+    assert len(one) == 1 and one[0]["value"]["brushlabels"] == [mspec.host_label or mspec.brush_labels[0]]
+    assert (decoded(one[0]) == 255).all()
+    assert partition_to_prediction(make_partition(1), mspec, "v2", include_host=False)["result"] == []
 
 
 def test_specks_are_removed_before_encoding():
