@@ -101,7 +101,7 @@ cleanup() {
         for id in "${CREATED_IMAGES[@]}"; do
             $DOCKER image inspect "$id" >/dev/null 2>&1 && left+=("$id")
         done
-        say "removed ${#CREATED_IMAGES[@]} image(s) this run created$([ ${#left[@]} -gt 0 ] && echo ", ${#left[@]} still there (in use elsewhere): ${left[*]}")"
+        say "removed $((${#CREATED_IMAGES[@]} - ${#left[@]})) of the ${#CREATED_IMAGES[@]} image(s) this run's build created$([ ${#left[@]} -gt 0 ] && echo "; still there (in use elsewhere?): ${left[*]}")"
     elif [ "$KEEP" = 1 ] && [ -n "$TAG" ]; then
         say "kept image $TAG (--keep-image)"
     fi
@@ -136,7 +136,7 @@ else
     $DOCKER images -aq --no-trunc | sort -u > "$TMP/images.before"
     t=$(now)
     set +e
-    $DOCKER build --iidfile "$TMP/iid" -t "$TAG" "${args[@]}" . > "$TMP/build.log" 2>&1
+    $DOCKER build --force-rm --iidfile "$TMP/iid" -t "$TAG" "${args[@]}" . > "$TMP/build.log" 2>&1
     build_rc=$?
     set -e
     $DOCKER images -aq --no-trunc | sort -u > "$TMP/images.after"
@@ -166,7 +166,7 @@ for mod in ("pytest", "_pytest", "pluggy", "label_studio_sdk"):
     if importlib.util.find_spec(mod) is not None:
         problems.append(f"test package {mod} is installed")
 big = defaultdict(list)
-weights, leftovers = [], []
+weights, leftovers, inodes = [], [], set()
 for root, dirs, files in os.walk("/"):
     if root in ("/proc", "/sys", "/dev"):
         dirs[:] = []
@@ -182,11 +182,12 @@ for root, dirs, files in os.walk("/"):
         if f.endswith(".pt") and "/safire/weights/" in p:
             weights.append(p)
         try:
-            size = os.path.getsize(p)
+            st = os.stat(p)
         except OSError:
             continue
-        if size >= 1 << 20:
-            big[size].append(p)
+        if st.st_size >= 1 << 20 and (st.st_dev, st.st_ino) not in inodes:  # a hard link is no copy
+            inodes.add((st.st_dev, st.st_ino))
+            big[st.st_size].append(p)
 dups = []
 for size, paths in big.items():
     if len(paths) > 1:
@@ -212,7 +213,9 @@ print(f"  /opt/venv {venv / 1e9:.2f} GB: " + ", ".join(f"{k} {v / 1e9:.2f} GB" f
 print(f"  model file (once): {weights[0] if len(weights) == 1 else weights}")
 tests = "FOUND" if any("test package" in p for p in problems) else "none"
 print(f"  test packages: {tests}; build leftovers: {leftovers or None}")
-print(f"  files of 1 MiB or more with the same content: {len(dups)} group(s)" + "".join(
+wheels = dups and all("/site-packages/" in q for _, ps in dups for q in ps)
+print(f"  copies of files of 1 MiB or more: {len(dups)} group(s)"
+      + (", all as the installed wheels ship them (a wheel cannot hold symlinks)" if wheels else "") + "".join(
     f"\n    {s / 1e6:.1f} MB x {len(ps)}: {ps}" for s, ps in dups[:10]))
 for p in problems:
     print("  PROBLEM:", p)
@@ -266,31 +269,37 @@ BASIC_AUTH_PASS=$PASSWORD $DOCKER run -d --cidfile "$TMP/server.cid" --name "$RU
     -p 127.0.0.1::9090 -e BASIC_AUTH_USER=smoke -e BASIC_AUTH_PASS -e LABEL_STUDIO_URL="$LS_URL" \
     -e LABEL_STUDIO_API_KEY="$TOKEN" ${gpu[@]+"${gpu[@]}"} "$IMAGE" > /dev/null
 SERVER_CID=$(cid_of server)
-PORT=$($DOCKER port "$SERVER_CID" 9090/tcp | head -1 | sed 's/.*://')
+PORT=$($DOCKER port "$SERVER_CID" 9090/tcp | sed -n '1s/.*://p')
 URL="http://127.0.0.1:$PORT"
 say "  container ${SERVER_CID:0:12} on $URL (published on loopback only)"
 WAIT_JSON=$(python3 "$CLIENT" wait --docker "$DOCKER" --container "$SERVER_CID" --url "$URL/health" \
-    --t0 "$T0" --timeout "$HEALTH_TIMEOUT" | tee /dev/stderr | tail -1)
+    --t0 "$T0" --timeout "$HEALTH_TIMEOUT")
 FIRST_HEALTH=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['first_health_s'])" "$WAIT_JSON")
 HEALTHY=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['healthy_s'])" "$WAIT_JSON")
 say "  first /health 200 after $FIRST_HEALTH s; Docker's HEALTHCHECK healthy after $HEALTHY s"
-$DOCKER logs "$SERVER_CID" 2>&1 | grep -m1 'listening on' | sed 's/^/  /' | cut -c1-260
+$DOCKER logs "$SERVER_CID" > "$TMP/server.log" 2>&1
+grep 'listening on' "$TMP/server.log" | sed -n '1s/^/  /p' | cut -c1-260
 
-memory() {  # docker stats' figure, and the resident memory of the processes in the container
+memory() {  # the container's memory (docker stats) and the resident memory of its processes
     local stats
-    stats=$($DOCKER stats --no-stream --format '{{.MemUsage}}' "$SERVER_CID")
+    stats=$($DOCKER stats --no-stream --format '{{.MemUsage}}' "$SERVER_CID" | sed 's| / .*||')
     $DOCKER exec "$SERVER_CID" python -c '
-import glob, sys
-rss = hwm = 0
-for f in glob.glob("/proc/[0-9]*/status"):
+import glob, os
+parts = []
+for f in sorted(glob.glob("/proc/[0-9]*/status"), key=lambda f: int(f.split("/")[2])):
+    pid = int(f.split("/")[2])
+    if pid == os.getpid():
+        continue
     try:
         st = dict(l.split(":", 1) for l in open(f) if ":" in l)
     except OSError:
         continue
     if "VmRSS" in st:
-        rss += int(st["VmRSS"].split()[0]); hwm = max(hwm, int(st["VmHWM"].split()[0]))
-print(f"RSS of all processes {rss / 1024:.0f} MiB, peak RSS of one process {hwm / 1024:.0f} MiB")
-' | sed "s|^|docker stats $stats; |"
+        role = "master" if pid == 1 else "worker"
+        rss, hwm = (int(st[k].split()[0]) // 1024 for k in ("VmRSS", "VmHWM"))
+        parts.append(f"{role} {rss} MiB (peak {hwm})")
+print("; RSS of " + ", ".join(parts))
+' | sed "s|^|$stats (docker stats)|"
 }
 MEM_IDLE=$(memory)
 say "  memory after start: $MEM_IDLE"
@@ -304,8 +313,9 @@ SMOKE_PASSWORD=$PASSWORD python3 "$CLIENT" check --url "$URL" --user smoke --con
     --upload-log "$TMP/uploads.log" ${expect[@]+"${expect[@]}"} | grep -v '^SUMMARY '
 MEM_AFTER=$(memory)
 say "  memory after the requests: $MEM_AFTER"
-if $DOCKER logs "$SERVER_CID" 2>&1 | grep -q 'Traceback'; then
-    say "the container logged a traceback:"; $DOCKER logs "$SERVER_CID" 2>&1 | grep -A20 -m1 Traceback; exit 1
+$DOCKER logs "$SERVER_CID" > "$TMP/server.log" 2>&1
+if grep -q 'Traceback' "$TMP/server.log"; then
+    say "the container logged a traceback:"; grep -A20 'Traceback' "$TMP/server.log" | head -40; exit 1
 fi
 HEALTH_STATUS=$($DOCKER inspect --format '{{.State.Health.Status}}' "$SERVER_CID")
 [ "$HEALTH_STATUS" = healthy ] || { say "health after the requests: $HEALTH_STATUS" >&2; exit 1; }
@@ -318,7 +328,11 @@ say "  docker stop: $STOP_S s, exit code $EXIT_CODE"
 
 say "== figures"
 say "  engine:     $($DOCKER version --format 'client {{.Client.Version}}, server {{.Server.Version}}') ($(command -v "${DOCKER%% *}"))"
-say "  image:      $IMAGE_GB GB ($IMAGE_BYTES bytes; DEVICE=$DEVICE, BASE_IMAGE=${BASE_IMAGE:-default}, TORCH_INDEX_URL=${TORCH_INDEX_URL:-default})${BUILD_S:+, built in $BUILD_S s}"
+if [ -n "$TAG" ]; then
+    say "  image:      $IMAGE_GB GB ($IMAGE_BYTES bytes; DEVICE=$DEVICE, BASE_IMAGE=${BASE_IMAGE:-default}, TORCH_INDEX_URL=${TORCH_INDEX_URL:-default}), built in $BUILD_S s"
+else
+    say "  image:      $IMAGE_GB GB ($IMAGE_BYTES bytes; $IMAGE, not built by this run)"
+fi
 say "  start:      /health 200 after $FIRST_HEALTH s, Docker healthy after $HEALTHY s (HEALTHCHECK every 10 s)"
 say "  memory:     idle: $MEM_IDLE"
 say "              after the requests: $MEM_AFTER"

@@ -109,7 +109,8 @@ def wait(args: argparse.Namespace) -> int:
                 with urllib.request.urlopen(args.url, timeout=1) as r:
                     if r.status == 200:
                         first_health = time.time() - args.t0
-                        print(f"  /health 200 after {first_health:.1f} s: {r.read().decode()[:300]}", flush=True)
+                        print(f"  /health 200 after {first_health:.1f} s: {r.read().decode().strip()[:300]}",
+                              file=sys.stderr, flush=True)
             except (urllib.error.URLError, OSError):
                 pass
         if now >= next_inspect:
@@ -175,11 +176,15 @@ def _one_result(payload: Any, what: str) -> Dict[str, Any]:
 
 
 def _check_regions(res: Dict[str, Any], labels: List[str], size: Tuple[int, int], what: str) -> None:
+    """A prediction without error whose regions (if any: how many is the model's business, not the
+    image's) are brush RLEs of the image's size with the config's labels."""
     if res.get("error"):
         fail(f"{what}: the prediction has an error: {res['error']}")
+    if not isinstance(res.get("score"), (int, float)):
+        fail(f"{what}: no numeric score in {str(res)[:300]}")
     regions = res.get("result")
-    if not isinstance(regions, list) or not regions:
-        fail(f"{what}: no regions in {str(res)[:300]}")
+    if not isinstance(regions, list):
+        fail(f"{what}: 'result' is not a list in {str(res)[:300]}")
     for r in regions:
         v = r.get("value", {})
         if r.get("type") != "brushlabels" or v.get("format") != "rle" or not v.get("rle"):
@@ -199,7 +204,7 @@ def check(args: argparse.Namespace) -> int:
     summary: Dict[str, Any] = {"requests": []}
 
     def log(name: str, status: int, dt: float, note: str) -> None:
-        print(f"  {name:<34} {status}  {dt:6.2f} s  {note}", flush=True)
+        print(f"  {name:<40} {status}  {dt:6.2f} s  {note}", flush=True)
         summary["requests"].append({"name": name, "status": status, "seconds": round(dt, 3), "note": note})
         timings[name] = dt
 
