@@ -634,7 +634,7 @@ class Backend:
                 image = self.decode(data, url)
                 del data
                 if view == "overlay":
-                    out = overlay(image, labels)
+                    out = overlay(image, labels, band_rows=1024)
                 else:
                     title = (f"project {project} task {task_id} | model {loaded.version} | "
                              f"{num_sources} source(s) | score {score:.3f}")

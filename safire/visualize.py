@@ -41,18 +41,33 @@ def boundaries(labels: np.ndarray, width: int = 1) -> np.ndarray:
     return edge
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45, band_rows: int = 0) -> np.ndarray:
     """Tint every non-host source of ``image`` (HxWx3 uint8) and outline all source boundaries.
 
     Source 0 (the host) keeps its pixels; source i >= 1 is blended with ``OVERLAY_COLOURS[i]``.
     The outline width scales with the image (about 0.3 % of the shorter side, at least 1 px).
+    ``band_rows`` > 0 works on bands of that many rows (same result, bounded float memory for
+    very large images).
     """
+    width = max(1, int(round(min(labels.shape) * 0.003)))
+    h = labels.shape[0]
+    if band_rows <= 0 or h <= band_rows:
+        return _overlay(image, labels, alpha, width)
+    out = np.empty_like(image, dtype=np.uint8)
+    pad = width + 1  # rows of context: the outline near a band's edge depends on them
+    for y0 in range(0, h, band_rows):
+        y1 = min(h, y0 + band_rows)
+        a, b = max(0, y0 - pad), min(h, y1 + pad)
+        out[y0:y1] = _overlay(image[a:b], labels[a:b], alpha, width)[y0 - a:y1 - a]
+    return out
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray, alpha: float, width: int) -> np.ndarray:
     out = image.astype(np.float32).copy()
     lab = labels.astype(np.int64)
     colours = OVERLAY_COLOURS[np.where(lab == 0, 0, 1 + (lab - 1) % (len(OVERLAY_COLOURS) - 1))].astype(np.float32)
     tinted = lab > 0
     out[tinted] = (1 - alpha) * out[tinted] + alpha * colours[tinted]
-    width = max(1, int(round(min(labels.shape) * 0.003)))
     edge = boundaries(lab, width)
     out[edge] = (255.0, 255.0, 255.0)
     return out.astype(np.uint8)
@@ -138,6 +153,14 @@ def explain_panel(image: np.ndarray, heatmap: np.ndarray, labels: np.ndarray, ti
     At the image's resolution unless the three tiles together exceed ``max_pixels`` (then scaled).
     """
     k = int(labels.max()) + 1 if labels.size else 1
-    return tile_row([image, heatmap_colour(heatmap), overlay(image, labels)],
-                    ["image", "heat map (bright = forged)", f"sources ({k}), host untinted"],
-                    title, max_pixels=max_pixels, nearest=[False, False, True])
+    h, w = labels.shape
+    if max_pixels > 0 and 3 * h * w > max_pixels:  # scale the inputs first: no full-size tiles in memory
+        from PIL import Image
+
+        f = (max_pixels / (3 * h * w)) ** 0.5
+        size = (max(1, int(round(w * f))), max(1, int(round(h * f))))
+        image = _resize(image, size)
+        heatmap = np.asarray(Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(size, Image.BILINEAR))
+        labels = _resize(labels.astype(np.uint8), size, nearest=True)
+    return tile_row([image, heatmap_colour(heatmap), overlay(image, labels, band_rows=1024)],
+                    ["image", "heat map (bright = forged)", f"sources ({k}), host untinted"], title)
