@@ -333,3 +333,65 @@ def test_evaluate_limit_each_takes_n_images_of_every_folder(tmp_path, checkpoint
                  "--checkpoint", checkpoint, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["per_image"]
     assert [r["k_true"] for r in rows] == [1, 1, 2, 2]
+
+
+def test_export_of_a_live_project_reads_the_predictions_provenance(tmp_path, capsys):
+    """--project: the JSON export lists prediction ids only; the records come from /api/predictions/."""
+    import threading
+
+    from flask import Flask, abort, jsonify, request
+    from werkzeug.serving import make_server
+
+    from ml_backend.export import main as export_main
+    from test_export import EXPORT_FIXTURE, FIXTURE_CONFIG as EXPORT_CONFIG, png_bytes
+
+    tasks = json.loads(EXPORT_FIXTURE.read_text())
+    image = png_bytes(640, 480)
+    recs = {"seen": {"schema": SCHEMA, "image_sha256": sha256_bytes(image), "task_id": 1, "project": "1",
+                     "model_version": "v1", "created_at": "2026-12-01T00:00:00Z"}}
+    app = Flask("fake-ls-predictions")
+    asked = []
+
+    @app.get("/api/projects/<int:pid>/export")
+    def export(pid):
+        return jsonify(tasks)
+
+    @app.get("/api/projects/<int:pid>")
+    def project(pid):
+        return jsonify({"id": pid, "label_config": EXPORT_CONFIG})
+
+    @app.get("/api/predictions/")
+    def predictions():
+        asked.append(dict(request.args))
+        return jsonify([{"id": 1, "task": 1, "model_version": "v1", "score": 0.5,
+                         "result": [{"type": "brushlabels", "meta": {"safire_provenance": recs["seen"]}}]}])
+
+    @app.get("/data/upload/1/<path:fname>")
+    def media(fname):
+        if request.headers.get("Authorization") != "Token t0k":
+            abort(401)
+        return image, 200, {"Content-Type": "image/png"}
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        out = tmp_path / "live"
+        rc = export_main(["--project", "1", "--url", url, "--api-key", "t0k", "--out", str(out), "--val-fraction", "0"])
+        assert rc == 0, capsys.readouterr().err
+        assert asked == [{"project": "1"}]
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["provenance"]["match"] == 1 and man["samples"][0]["provenance"] == "match"
+        # the same image re-uploaded with other bytes: reported, and skipped on request
+        recs["seen"] = {**recs["seen"], "image_sha256": sha256_bytes(b"other bytes")}
+        rc = export_main(["--project", "1", "--url", url, "--api-key", "t0k", "--out", str(tmp_path / "l2"),
+                          "--val-fraction", "0"])
+        assert rc == 0 and "WARNING: 1 image(s) changed" in capsys.readouterr().out
+        rc = export_main(["--project", "1", "--url", url, "--api-key", "t0k", "--out", str(tmp_path / "l3"),
+                          "--val-fraction", "0", "--skip-changed"])
+        assert rc == 1  # nothing left to export
+        assert json.loads((tmp_path / "l3" / "manifest.json").read_text())["skipped"][0]["code"] == "image_changed"
+    finally:
+        server.shutdown()
+        th.join(5)
