@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from ml_backend.export import ProvenanceIndex, export_dataset, load_provenance
@@ -27,7 +25,6 @@ from test_app import (  # noqa: F401  (pytest fixtures)
     BATCH,
     FIXTURE_CONFIG,
     MULTI,
-    FakeJobs,
     checkpoint,
     ls,
     make_client,
