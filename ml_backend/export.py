@@ -18,34 +18,54 @@ masks are documented there (section "Label Studio export rules") and in :class:`
 Public API: :func:`export_dataset`, :class:`ExportRules`, :class:`ExportManifest`,
 :class:`LabelStudioClient`, :class:`LocalImageResolver`, :func:`select_annotation`,
 :func:`main`.
+
+The export is split along its seams, one module each: the Label Studio client
+(:mod:`ml_backend.lsclient`, shared with the retraining jobs and ``safire preannotate``), annotation
+selection, result parsing and mask building (:mod:`ml_backend.annotations`), image lookup and
+loading (:mod:`ml_backend.imagefiles`), provenance records (:mod:`ml_backend.provenance_index`);
+this module holds the rules, the manifest, the dataset writer and the command line. Their public
+names stay importable from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import io
 import json
 import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
-from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 from PIL import Image
 
-from ml_backend.label_config import (
-    LabelConfigSpec,
-    infer_mode,
-    is_authentic_label,
-    is_forged_label,
-    parse_label_config,
+from ml_backend.annotations import (  # noqa: F401 - re-exported (the export's seams, one module each)
+    IGNORE,
+    UNLABELLED,
+    ExportError,
+    _build_binary,
+    _build_multi,
+    _parse_result,
+    _Parsed,
+    _Region,
+    _region_masks,
+    _resolve_labels,
+    _Skip,
+    select_annotation,
 )
-from ml_backend.predictions import find_provenance
-from ml_backend.rle import RLEError, decode_rle
+from ml_backend.imagefiles import (  # noqa: F401
+    FetchImage,
+    LocalImageResolver,
+    _call_fetch,
+    _chain,
+    _image_bytes_for,
+    _load_image,
+)
+from ml_backend.label_config import LabelConfigSpec, is_authentic_label, is_forged_label, parse_label_config
+from ml_backend.lsclient import ImageFetchError, LabelStudioClient  # noqa: F401
+from ml_backend.provenance_index import ProvenanceIndex, _task_provenance, load_provenance  # noqa: F401
 
 __all__ = [
     "ExportError",
@@ -61,20 +81,8 @@ __all__ = [
     "select_annotation",
 ]
 
-FetchImage = Callable[..., bytes]
 LAYOUT_DIRS = ("images", "sources", "masks_safirems", "masks_binary", "meta", "splits")
 NAME_PREFIX = "ls_"
-IGNORE = 255
-UNLABELLED = "(unlabelled)"
-_KEEP_FORMATS = {"JPEG": ".jpg", "PNG": ".png"}
-
-
-class ExportError(RuntimeError):
-    """The export cannot run at all (bad arguments, output already holds a dataset, ...)."""
-
-
-class ImageFetchError(RuntimeError):
-    """An image could not be fetched."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,601 +196,6 @@ class ExportManifest:
         return "\n".join(lines)
 
 
-class _Skip(Exception):
-    def __init__(self, code: str, reason: str):
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-# ----------------------------------------------------------------------------------------
-# annotation selection and parsing
-# ----------------------------------------------------------------------------------------
-
-
-def _ts(a: Dict[str, Any]) -> Tuple[str, str, int]:
-    # ISO-8601 strings from LS compare correctly as strings
-    aid = a.get("id")
-    return (str(a.get("updated_at") or ""), str(a.get("created_at") or ""),
-            aid if isinstance(aid, int) else 0)
-
-
-def select_annotation(task: Dict[str, Any], prefer_ground_truth: bool = True
-                      ) -> Tuple[Dict[str, Any], str]:
-    """Pick the annotation to export: ``(annotation, why)``; raises ``_Skip``.
-
-    Cancelled (skipped) annotations never count. Among the rest a ``ground_truth`` one wins
-    (if ``prefer_ground_truth``), else the most recently updated (``updated_at``, then
-    ``created_at``, then ``id``).
-    """
-    anns = [a for a in (task.get("annotations") or []) if isinstance(a, dict)]
-    if not anns:
-        raise _Skip("no_annotations", "task has no annotations")
-    live = [a for a in anns if not a.get("was_cancelled")]
-    if not live:
-        raise _Skip("cancelled", f"all {len(anns)} annotation(s) cancelled (task skipped in Label Studio)")
-    if prefer_ground_truth:
-        gt = [a for a in live if a.get("ground_truth")]
-        if gt:
-            return max(gt, key=_ts), "ground_truth"
-    return max(live, key=_ts), ("most_recent" if len(live) > 1 else "only")
-
-
-@dataclass
-class _Region:
-    id: Optional[str]
-    label: Optional[str]
-    rle: List[int]
-    width: Optional[int]
-    height: Optional[int]
-    rotation: float
-
-
-@dataclass
-class _Parsed:
-    regions: List[_Region]
-    verdicts: List[str]  # image-level choice values
-    region_choices: Dict[str, List[str]]  # region id -> per-region choice values
-    ignored: Dict[str, int]  # result types not used (keypoints, rectangles, ...)
-    warnings: List[str]
-
-
-def _parse_result(result: Sequence[Dict[str, Any]], spec: Optional[LabelConfigSpec]) -> _Parsed:
-    regions: List[_Region] = []
-    ignored: Dict[str, int] = {}
-    warnings: List[str] = []
-    choices_items = []
-    for r in result or []:
-        if not isinstance(r, dict):
-            continue
-        rtype = str(r.get("type") or "").lower()
-        value = r.get("value") or {}
-        if rtype == "brushlabels" and (spec is None or r.get("from_name") in (None, spec.brush_name)):
-            fmt = value.get("format")
-            if fmt not in (None, "rle") or "rle" not in value:
-                warnings.append(f"region {r.get('id')}: unsupported brush format {fmt!r}, ignored")
-                continue
-            labels = value.get("brushlabels") or value.get("labels") or []
-            if len(labels) > 1:
-                warnings.append(f"region {r.get('id')}: several labels {labels}, using {labels[0]!r}")
-            regions.append(_Region(
-                id=r.get("id"),
-                label=labels[0] if labels else None,
-                rle=value["rle"],
-                width=r.get("original_width"),
-                height=r.get("original_height"),
-                rotation=float(r.get("image_rotation") or 0),
-            ))
-        elif rtype == "choices":
-            choices_items.append(r)
-        else:
-            key = rtype or "unknown"
-            if rtype == "brushlabels":
-                key = f"brushlabels:{r.get('from_name')}"
-            ignored[key] = ignored.get(key, 0) + 1
-
-    region_ids = {reg.id for reg in regions if reg.id}
-    per_region_tags = {c.name for c in spec.region_choices} if spec else set()
-    image_tags = {c.name for c in spec.image_choices} if spec else set()
-    verdicts: List[str] = []
-    region_choices: Dict[str, List[str]] = {}
-    for r in choices_items:
-        vals = [str(v) for v in ((r.get("value") or {}).get("choices") or [])]
-        name = r.get("from_name")
-        per_region = name in per_region_tags if spec else r.get("id") in region_ids
-        if spec and name not in per_region_tags and name not in image_tags:
-            per_region = r.get("id") in region_ids
-        if per_region:
-            if r.get("id") in region_ids:
-                region_choices.setdefault(r["id"], []).extend(vals)
-        else:
-            verdicts.extend(vals)
-    return _Parsed(regions, verdicts, region_choices, ignored, warnings)
-
-
-# ----------------------------------------------------------------------------------------
-# images
-# ----------------------------------------------------------------------------------------
-
-_UUID_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")
-
-
-class LocalImageResolver:
-    """Find the image of a task URL under a local directory (``--images-root``).
-
-    Tried in order, relative to ``root``: the ``?d=`` path of ``/data/local-files/`` URLs; for
-    ``/data/upload/<pid>/<file>`` URLs ``upload/<pid>/<file>``, ``media/upload/<pid>/<file>``,
-    ``<pid>/<file>``; for cloud URIs ``bucket/key`` and ``key``; for other URLs every suffix
-    of the path (``a/b/c.png``, ``b/c.png``);
-    finally the bare file name, also without the 8-hex-digit prefix Label Studio adds to
-    uploads (``8e5f7079-photo.jpg`` -> ``photo.jpg``). Paths never escape ``root``.
-    """
-
-    def __init__(self, root: str):
-        self.root = os.path.realpath(root)
-        if not os.path.isdir(self.root):
-            raise ExportError(f"images root {root!r} is not a directory")
-
-    def candidates(self, url: str) -> List[str]:
-        u = urlparse(url)
-        path = unquote(u.path or "")
-        rels: List[str] = []
-        base_of = path
-        upload = re.search(r"/data/upload/(\d+)/(.+)$", path)
-        if "local-files" in path:
-            d = parse_qs(u.query).get("d")
-            if d:
-                rels.append(d[0].lstrip("/"))
-                base_of = d[0]
-        elif upload:
-            pid, fname = upload.group(1), upload.group(2)
-            rels += [f"upload/{pid}/{fname}", f"media/upload/{pid}/{fname}", f"{pid}/{fname}"]
-        elif u.scheme in ("s3", "gs", "gcs", "azure-blob"):
-            rels += [f"{u.netloc}{path}", path.lstrip("/")]
-        elif path:
-            parts = [x for x in path.split("/") if x]
-            rels += ["/".join(parts[i:]) for i in range(len(parts))]  # every path suffix
-        base = os.path.basename(base_of)
-        if base:
-            rels.append(base)
-            mm = _UUID_PREFIX.match(base)
-            if mm:
-                rels.append(mm.group(1))
-        return [r for r in dict.fromkeys(rels) if r]
-
-    def find(self, url: str) -> Optional[str]:
-        for rel in self.candidates(url):
-            p = os.path.realpath(os.path.join(self.root, rel))
-            if (p == self.root or p.startswith(self.root + os.sep)) and os.path.isfile(p):
-                return p
-        return None
-
-    def __call__(self, url: str) -> bytes:
-        p = self.find(url)
-        if p is None:
-            raise ImageFetchError(f"{url}: not found under {self.root}")
-        with open(p, "rb") as f:
-            return f.read()
-
-
-def _looks_like_jwt(key: str) -> bool:
-    parts = key.split(".")
-    return len(parts) == 3 and all(re.fullmatch(r"[A-Za-z0-9_\-]+=*", p) for p in parts)
-
-
-class LabelStudioClient:
-    """Minimal Label Studio REST client for exports and media, over the backend's one download path.
-
-    Everything goes through an :class:`ml_backend.fetch.ImageFetcher` (``docs/security.md``): images
-    only from Label Studio's host or ``allowed_hosts``, addresses checked per connection, every
-    redirect hop checked, byte and time limits, task ids validated before a presign URL is built,
-    the key sent to Label Studio's host only.
-
-    ``api_key`` is a legacy token (sent as ``Authorization: Token <key>``) or a Personal Access
-    Token (a JWT refresh token: exchanged at ``POST /api/token/refresh/`` for an access token
-    sent as ``Authorization: Bearer <access>``, refreshed once on HTTP 401).
-
-    Args:
-        url: Label Studio's base URL (``http(s)://host[:port][/prefix]``, no credentials).
-        timeout: seconds for API calls (the export can take a while).
-        session: a guarded ``requests.Session`` (default: one per thread).
-        download: download settings (:func:`ml_backend.settings.download_settings`: allowed hosts
-            and networks, byte and pixel limits, fetch timeout); default: from the environment.
-    """
-
-    def __init__(self, url: str, api_key: str, timeout: float = 60.0, session=None, download: Any = None):
-        from ml_backend.fetch import FetchError, ImageFetcher
-        from ml_backend.settings import SettingsError, download_settings, redact
-
-        if not re.match(r"^https?://", url or ""):
-            raise ExportError(f"Label Studio URL must start with http:// or https://, got {redact(str(url))!r}")
-        if "@" in urlparse(url).netloc:
-            raise ExportError("the Label Studio URL must not contain credentials (user:password@): "
-                              "pass the API key with --api-key")
-        if not api_key:
-            raise ExportError("an API key is needed to talk to Label Studio (--api-key)")
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        try:
-            base = download if download is not None else download_settings()
-            settings = SimpleNamespace(**{**vars(base), "label_studio_url": self.url, "label_studio_api_key": api_key})
-            self.fetcher = ImageFetcher(settings, session=session)
-        except (SettingsError, FetchError) as e:
-            raise ExportError(str(e)) from None
-        self.max_pixels = int(getattr(settings, "max_pixels", 40_000_000))
-        self.is_pat = _looks_like_jwt(api_key)
-        self._fetch_error = FetchError
-
-    # -- API --------------------------------------------------------------------------
-    def _api(self, path: str, params: Optional[Dict[str, str]] = None) -> Any:
-        try:
-            return self.fetcher.api_get(path, params=params, timeout=self.timeout)
-        except self._fetch_error as e:
-            raise ExportError(f"GET {path}: {e}") from None
-
-    def get_project(self, project_id: int) -> Dict[str, Any]:
-        data = self._api(f"/api/projects/{_project_int(project_id)}")
-        if not isinstance(data, dict):
-            raise ExportError(f"GET /api/projects/{project_id}: not a project object")
-        return data
-
-    def export_tasks(self, project_id: int, all_tasks: bool = False) -> List[Dict[str, Any]]:
-        params = {"exportType": "JSON"}
-        if all_tasks:
-            params["download_all_tasks"] = "true"
-        data = self._api(f"/api/projects/{_project_int(project_id)}/export", params=params)
-        if not isinstance(data, list):
-            raise ExportError("the export is not a JSON list of tasks")
-        return data
-
-    def list_predictions(self, project_id: int) -> List[Dict[str, Any]]:
-        """The project's predictions with their results (``GET /api/predictions/?project=ID``);
-        the JSON export only lists prediction ids."""
-        data = self._api("/api/predictions/", params={"project": str(_project_int(project_id))})
-        if isinstance(data, dict) and isinstance(data.get("results"), list):
-            data = data["results"]
-        if not isinstance(data, list):
-            raise ExportError("GET /api/predictions/: not a list of predictions")
-        return data
-
-    def fetch_image(self, url: str, task_id: Optional[int] = None) -> bytes:
-        from ml_backend.fetch import display_url
-
-        try:
-            return self.fetcher.fetch(url, task_id)
-        except self._fetch_error as e:
-            raise ImageFetchError(f"{display_url(url)}: {e}") from None
-
-
-def _project_int(value: Any) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
-        raise ExportError(f"project id must be a positive integer, got {str(value)[:40]!r}")
-    n = int(value)
-    if n < 1:
-        raise ExportError("project id must be a positive integer")
-    return n
-
-
-def _call_fetch(fetch: FetchImage, url: str, task_id: Any) -> bytes:
-    try:
-        params = inspect.signature(fetch).parameters
-        takes_id = "task_id" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-    except (TypeError, ValueError):
-        takes_id = False
-    data = fetch(url, task_id=task_id) if takes_id else fetch(url)
-    if isinstance(data, (str, os.PathLike)):
-        with open(data, "rb") as f:
-            data = f.read()
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ImageFetchError(f"{url}: fetch_image returned {type(data).__name__}, expected bytes")
-    return bytes(data)
-
-
-def _chain(fetchers: Sequence[FetchImage]) -> FetchImage:
-    def fetch(url: str, task_id: Any = None) -> bytes:
-        errors = []
-        for f in fetchers:
-            try:
-                return _call_fetch(f, url, task_id)
-            except Exception as exc:
-                errors.append(str(exc))
-        raise ImageFetchError("; ".join(errors))
-
-    return fetch
-
-
-_ORIENT_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
-}
-
-
-@dataclass
-class _LoadedImage:
-    data: bytes
-    ext: str
-    width: int  # as displayed (EXIF orientation applied)
-    height: int
-    raw_width: int
-    raw_height: int
-    orientation: int
-    format: str
-    pil: Image.Image
-
-
-def _load_image(data: bytes, max_pixels: int = 40_000_000) -> _LoadedImage:
-    im = Image.open(io.BytesIO(data))
-    rw0, rh0 = im.size
-    if rw0 * rh0 > max_pixels:
-        raise ImageFetchError(f"image is {rw0}x{rh0} = {rw0 * rh0 / 1e6:.1f} MP, above the limit of "
-                              f"{max_pixels / 1e6:.1f} MP (SAFIRE_MAX_PIXELS)")
-    im.load()
-    try:
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:
-        orientation = 1
-    rw, rh = im.size
-    w, h = (rh, rw) if orientation in (5, 6, 7, 8) else (rw, rh)
-    fmt = (im.format or "").upper()
-    ext = _KEEP_FORMATS.get(fmt, ".png")
-    return _LoadedImage(data, ext, w, h, rw, rh, orientation, fmt, im)
-
-
-def _image_bytes_for(img: _LoadedImage, oriented: bool) -> Tuple[bytes, str, bool]:
-    """Bytes + extension to write. Returns (bytes, ext, reencoded)."""
-    needs_turn = oriented and img.orientation in _ORIENT_TRANSPOSE
-    if img.format in _KEEP_FORMATS and not needs_turn:
-        return img.data, img.ext, False
-    pil = img.pil
-    if needs_turn:
-        pil = pil.transpose(_ORIENT_TRANSPOSE[img.orientation])
-    pil = pil.convert("RGB")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue(), ".png", True
-
-
-# ----------------------------------------------------------------------------------------
-# provenance
-# ----------------------------------------------------------------------------------------
-
-
-def _ts_of(rec: Dict[str, Any]) -> str:
-    return str(rec.get("created_at") or "")
-
-
-class ProvenanceIndex:
-    """Provenance records by Label Studio prediction id, by (project, task id) and by image name.
-
-    ``add(obj)`` takes a record, a Label Studio prediction (``{"id", "task", "result", ...}``, as
-    ``GET /api/predictions/`` returns it), a ``safire predict`` ``NAME.json``, or a list of those.
-    """
-
-    def __init__(self) -> None:
-        self.by_prediction: Dict[int, Dict[str, Any]] = {}
-        self.by_task: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
-        self.by_name: Dict[str, List[Dict[str, Any]]] = {}
-        self.count = 0
-
-    def add(self, obj: Any) -> None:
-        if isinstance(obj, list):
-            for x in obj:
-                self.add(x)
-            return
-        rec = find_provenance(obj)
-        if rec is None:
-            return
-        self.count += 1
-        if isinstance(obj, dict) and isinstance(obj.get("id"), int) and "task" in obj:
-            self.by_prediction[obj["id"]] = rec
-        task = rec.get("task_id", obj.get("task") if isinstance(obj, dict) else None)
-        if task is not None:
-            self.by_task.setdefault((str(rec.get("project")), str(task)), []).append(rec)
-            self.by_task.setdefault(("*", str(task)), []).append(rec)
-        for key in ("image_url", "image_file", "image"):
-            v = rec.get(key) or (obj.get(key) if isinstance(obj, dict) and key == "image" else None)
-            if isinstance(v, str) and v:
-                for name in _image_names(v):
-                    self.by_name.setdefault(name, []).append(rec)
-
-    def lookup(self, task: Dict[str, Any], url: Optional[str], parent_prediction: Any = None
-               ) -> Optional[Dict[str, Any]]:
-        if isinstance(parent_prediction, int) and parent_prediction in self.by_prediction:
-            return self.by_prediction[parent_prediction]
-        tid, proj = task.get("id"), task.get("project")
-        cands = self.by_task.get((str(proj), str(tid))) or self.by_task.get(("*", str(tid))) if tid is not None else None
-        if not cands and url:
-            for name in _image_names(url):
-                cands = self.by_name.get(name)
-                if cands:
-                    break
-        return max(cands, key=_ts_of) if cands else None
-
-
-def _image_names(url: str) -> List[str]:
-    u = urlparse(url)
-    path = unquote(u.path or "")
-    if "local-files" in path:
-        d = parse_qs(u.query).get("d")
-        if d:
-            path = d[0]
-    base = os.path.basename(path.rstrip("/"))
-    if not base:
-        return []
-    out = [base]
-    mm = _UUID_PREFIX.match(base)
-    if mm:
-        out.append(mm.group(1))
-    return out
-
-
-def load_provenance(paths: Sequence[str], index: Optional[ProvenanceIndex] = None) -> ProvenanceIndex:
-    """Read provenance files into an index: ``.jsonl`` (one record or prediction per line),
-    ``.json`` (a record, a prediction, a list of them, or a ``safire predict`` output), or a
-    directory of such files (not recursive)."""
-    index = index or ProvenanceIndex()
-    files: List[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith((".json", ".jsonl")))
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            raise ExportError(f"provenance file or folder {p!r} does not exist")
-    for f in files:
-        try:
-            with open(f, encoding="utf-8") as fh:
-                if f.endswith(".jsonl"):
-                    for line in fh:
-                        if line.strip():
-                            index.add(json.loads(line))
-                else:
-                    index.add(json.load(fh))
-        except (OSError, ValueError) as e:
-            raise ExportError(f"cannot read provenance from {f}: {e}") from None
-    return index
-
-
-def _task_provenance(task: Dict[str, Any], ann: Dict[str, Any], url: str,
-                     index: Optional[ProvenanceIndex]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """(record, where it was found) for the annotation exported from ``task``."""
-    rec = find_provenance(ann)
-    if rec:
-        return rec, "annotation"
-    parent = ann.get("parent_prediction")
-    preds = [p for p in (task.get("predictions") or []) if isinstance(p, dict)]
-    if preds:
-        chosen = [p for p in preds if parent is not None and p.get("id") == parent] or \
-            sorted(preds, key=lambda p: str(p.get("created_at") or ""), reverse=True)
-        for p in chosen:
-            rec = find_provenance(p)
-            if rec:
-                return rec, "task_prediction"
-    if index is not None:
-        rec = index.lookup(task, url, parent)
-        if rec:
-            return rec, "provenance_files"
-    return None, None
-
-
-# ----------------------------------------------------------------------------------------
-# masks
-# ----------------------------------------------------------------------------------------
-
-
-def _region_masks(parsed: _Parsed, h: int, w: int) -> List[Tuple[_Region, np.ndarray]]:
-    out = []
-    for reg in parsed.regions:
-        rh, rw = reg.height or h, reg.width or w
-        if (rh, rw) != (h, w):
-            raise _Skip("size_mismatch", f"brush region {reg.id} is {rw}x{rh} but the image is {w}x{h}")
-        try:
-            m = decode_rle(reg.rle, h, w) > 0
-        except (RLEError, ValueError, TypeError) as exc:
-            raise _Skip("bad_rle", f"brush region {reg.id}: cannot decode RLE ({exc})") from None
-        out.append((reg, m))
-    return out
-
-
-def _manipulation(values: List[str]) -> Union[None, str, List[str]]:
-    vals = list(dict.fromkeys(values))
-    if not vals:
-        return None
-    return vals[0] if len(vals) == 1 else vals
-
-
-def _build_multi(masks, parsed: _Parsed, labels: List[str], host_label: str,
-                 rules: ExportRules, h: int, w: int):
-    raw = np.full((h, w), -1, dtype=np.int16)
-    n_regions: Dict[int, int] = {}
-    manips: Dict[int, List[str]] = {}
-    for reg, m in masks:
-        if reg.label is None:
-            parsed.warnings.append(f"region {reg.id}: brush region without a label, ignored")
-            continue
-        if reg.label not in labels:
-            parsed.warnings.append(f"region {reg.id}: label {reg.label!r} is not in the config, ignored")
-            continue
-        i = labels.index(reg.label)
-        if rules.overlap == "last":
-            raw[m] = i
-        else:
-            raw[m] = np.maximum(raw[m], i)
-        n_regions[i] = n_regions.get(i, 0) + 1
-        manips.setdefault(i, []).extend(parsed.region_choices.get(reg.id or "", []))
-    painted = raw >= 0
-    host_i = labels.index(host_label)
-    if not painted.any():
-        return None
-    unlabelled_px = int((~painted).sum())
-    if rules.unlabelled == "host":
-        raw[~painted] = host_i
-    total = float(h * w)
-    present = [i for i in range(len(labels)) if (raw == i).any()]
-    areas = {i: int((raw == i).sum()) for i in present}
-    if rules.reindex_by_area:
-        order = sorted(present, key=lambda i: (-areas[i], i))
-    else:
-        order = sorted(present)
-    lut = np.full(len(labels) + 1, IGNORE, dtype=np.uint8)  # raw -1 -> last entry -> 255
-    for new_i, old_i in enumerate(order):
-        lut[old_i] = new_i
-    sources = lut[raw]  # -1 indexes the last element (255)
-    src_meta = []
-    for new_i, old_i in enumerate(order):
-        entry: Dict[str, Any] = {
-            "index": new_i,
-            "role": "host" if new_i == 0 else "source",
-            "label": labels[old_i],
-            "area": round(areas[old_i] / total, 6),
-            "regions": n_regions.get(old_i, 0),
-        }
-        if old_i == host_i and rules.unlabelled == "host" and unlabelled_px:
-            entry["unlabelled_area"] = round(unlabelled_px / total, 6)
-        man = _manipulation(manips.get(old_i, []))
-        if man is not None:
-            entry["manipulation"] = man
-        src_meta.append(entry)
-    extra = {}
-    if rules.unlabelled == "ignore" and unlabelled_px:
-        extra["ignored_area"] = round(unlabelled_px / total, 6)
-    return sources, src_meta, extra
-
-
-def _build_binary(masks, parsed: _Parsed, forged_label: str, authentic_label: Optional[str],
-                  h: int, w: int):
-    forged = np.zeros((h, w), dtype=bool)
-    n_forged = 0
-    manips: List[str] = []
-    for reg, m in masks:
-        label = reg.label
-        if label is None or label == forged_label or (label != authentic_label and is_forged_label(label)):
-            forged |= m
-            n_forged += 1
-            manips.extend(parsed.region_choices.get(reg.id or "", []))
-        elif label == authentic_label or is_authentic_label(label):
-            continue  # explicit authentic paint: unpainted is authentic anyway, forged wins
-        else:
-            parsed.warnings.append(f"region {reg.id}: label {label!r} is not in the config, ignored")
-    total = float(h * w)
-    fa = int(forged.sum())
-    if fa == 0 and not any(m.any() for _, m in masks):
-        return None  # nothing painted at all
-    if fa == h * w:
-        raise _Skip("all_forged", "the whole image is painted forged (no authentic host left)")
-    sources = forged.astype(np.uint8)
-    src_meta = [{"index": 0, "role": "host", "label": authentic_label or UNLABELLED,
-                 "area": round((h * w - fa) / total, 6)}]
-    if fa:
-        entry = {"index": 1, "role": "forged", "label": forged_label, "area": round(fa / total, 6),
-                 "regions": n_forged}
-        man = _manipulation(manips)
-        if man is not None:
-            entry["manipulation"] = man
-        src_meta.append(entry)
-    return sources, src_meta, {}
-
-
 # ----------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------
@@ -830,36 +243,6 @@ def _prepare_out(out_dir: str, overwrite: bool) -> None:
             p = os.path.join(out_dir, "splits", fn)
             if os.path.exists(p):
                 os.remove(p)
-
-
-def _resolve_labels(tasks: Sequence[Dict[str, Any]], spec: Optional[LabelConfigSpec],
-                    labels: Optional[Sequence[str]]) -> Tuple[str, List[str], Optional[str], Optional[str], Optional[str]]:
-    """(mode, label order, host label, forged label, authentic label)."""
-    if spec is not None:
-        order = list(spec.brush_labels)
-        if spec.mode == "binary":
-            return "binary", order, None, spec.forged_label, spec.authentic_label
-        return "multi", order, spec.host_label, None, None
-    if labels:
-        order = list(labels)
-    else:  # infer from the data, in order of first appearance
-        seen: Dict[str, None] = {}
-        for t in tasks:
-            for a in t.get("annotations") or []:
-                for r in a.get("result") or []:
-                    if str(r.get("type", "")).lower() == "brushlabels":
-                        for lab in (r.get("value") or {}).get("brushlabels") or []:
-                            seen.setdefault(lab, None)
-        order = list(seen)
-    mode = infer_mode(order) if order else "binary"
-    if mode == "binary":
-        forged = next((x for x in order if is_forged_label(x)), None)
-        if forged is None:
-            forged = next((x for x in order if not is_authentic_label(x)), order[0] if order else "Forged")
-        auth = next((x for x in order if x != forged and is_authentic_label(x)), None)
-        return "binary", order or [forged], None, forged, auth
-    host = next((x for x in order if "host" in x.lower()), order[0])
-    return "multi", order, host, None, None
 
 
 # ----------------------------------------------------------------------------------------

@@ -167,9 +167,10 @@ class TooLargeError(FetchError):
 
 
 class HTTPStatusError(FetchError):
-    """Any other unexpected HTTP status."""
+    """Any other unexpected HTTP status (``status``: the HTTP status, when there was one)."""
 
     reason = "http_status"
+    status: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -412,6 +413,21 @@ class ImageFetcher:
         (e.g. Django's trailing-slash redirect), at most 5. Raises :class:`FetchError`
         (``AuthError`` for 401/403, ``HTTPStatusError`` with the status otherwise).
         """
+        return self.api_request("GET", path, params=params, timeout=timeout)
+
+    def api_request(self, method: str, path: str, params: Optional[Dict[str, str]] = None, json_body: Any = None,
+                    timeout: Optional[float] = None) -> Any:
+        """An authenticated call of Label Studio's REST API (``/api/...`` paths only); the decoded JSON
+        (None for an empty answer such as a 204).
+
+        ``GET`` follows redirects on Label Studio's own host only (at most 5); other methods never
+        follow a redirect (a body must not be re-sent elsewhere). Statuses 200, 201 and 204 are
+        success; anything else raises :class:`FetchError` (``AuthError`` for 401/403,
+        ``HTTPStatusError`` otherwise, with the status in its ``status`` attribute).
+        """
+        method = method.upper()
+        if method not in ("GET", "POST", "PATCH", "DELETE"):
+            raise InvalidURLError(f"unsupported API method {log_text(method, 10)}")
         if not path.startswith("/api/"):
             raise InvalidURLError("api_get is for Label Studio's /api/ paths only")
         self._need_base(path)
@@ -425,8 +441,8 @@ class ImageFetcher:
             if value:
                 headers["Authorization"] = value
             try:
-                r = self._session.get(url, params=params, headers=headers, allow_redirects=False,
-                                      timeout=(self.timeout, wait))
+                r = self._session.request(method, url, params=params, json=json_body, headers=headers,
+                                          allow_redirects=False, timeout=(self.timeout, wait))
             except AddressNotAllowed as e:
                 raise HostNotAllowedError(f"{display_url(url)}: {e}") from None
             except requests.Timeout:
@@ -440,15 +456,25 @@ class ImageFetcher:
             if r.status_code in _REDIRECTS and r.headers.get("Location"):
                 hops += 1
                 nxt = urljoin(r.url, r.headers["Location"])
-                if hops > MAX_REDIRECTS or urlsplit(nxt).scheme not in ("http", "https") \
+                if method != "GET" or hops > MAX_REDIRECTS or urlsplit(nxt).scheme not in ("http", "https") \
                         or urlsplit(nxt).netloc.lower() != self._ls_netloc:
-                    raise HTTPStatusError(f"{display_url(url)} redirected away from Label Studio: refused")
+                    err = HTTPStatusError(f"{display_url(url)} redirected away from Label Studio: refused"
+                                          if method == "GET" else
+                                          f"{method} {display_url(url)} answered a redirect (HTTP {r.status_code}): refused")
+                    err.status = r.status_code
+                    raise err
                 url, params = nxt, None  # the query string is in the new URL
                 continue
             if r.status_code in (401, 403):
                 raise AuthError(self._auth_message(r.status_code, url, "request"))
-            if r.status_code != 200:
-                raise HTTPStatusError(f"{display_url(url)} answered HTTP {r.status_code}: {log_text(r.text, 200)}")
+            if r.status_code not in (200, 201, 204):
+                err = HTTPStatusError(f"{method} {display_url(url)} answered HTTP {r.status_code}: {log_text(r.text, 200)}"
+                                      if method != "GET" else
+                                      f"{display_url(url)} answered HTTP {r.status_code}: {log_text(r.text, 200)}")
+                err.status = r.status_code
+                raise err
+            if r.status_code == 204 or not r.content:
+                return None
             try:
                 return r.json()
             except ValueError:

@@ -62,7 +62,8 @@ def run_job(job: JobRecord) -> str:
     from training.evaluate import evaluate_partition
     from training.train import TrainConfig, fine_tune
 
-    from .export import LabelStudioClient, export_dataset
+    from .export import export_dataset
+    from .lsclient import LabelStudioClient
     from .jobs import project_id
     from .models import publish_version
     from .settings import DOWNLOAD_FIELDS, download_settings
