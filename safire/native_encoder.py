@@ -7,13 +7,14 @@ linear in the pixel count and any size works.
 
 Stages (input Bx3xHxW normalised RGB, H and W multiples of 16):
 
-1. **Forensic front end** at full resolution, 21 channels:
+1. **Forensic front end** at full resolution, 36 channels:
    - the normalised RGB (3);
    - three fixed SRM high-pass residuals per colour channel (9), in pixel units / 4, soft-clipped
      to +-3 (the truncation of rich-model steganalysis);
    - a learned *constrained* 5x5 convolution (Bayar & Stamm: centre tap -1, the other taps sum to
      1, so it can only learn prediction-error filters), 6 channels, soft-clipped alike;
-   - SAFIRE's FFT high-pass image (:func:`safire.modeling.highpass_fft`) (3).
+   - SAFIRE's FFT high-pass image (:func:`safire.modeling.highpass_fft`) (3);
+   - the magnitudes of the 15 residuals, whose 4x4 average (next stage) is the local noise level.
 2. **Stride 4**: a 4x4 patchify (pixel-unshuffle + 1x1 conv) to ``conv_channels[0]``; LayerNorm.
 3. **Stride 8**: 3x3 stride-2 convolution to ``conv_channels[1]``, LayerNorm, and a residual 3x3
    block. Each stride-8 cell is one JPEG 8x8 block.
@@ -78,9 +79,10 @@ class ConstrainedConv(nn.Module):
 
 
 class ForensicFrontEnd(nn.Module):
-    """Bx3xHxW normalised RGB -> Bx21xHxW (RGB, SRM residuals, constrained conv, FFT high-pass)."""
+    """Bx3xHxW normalised RGB -> Bx36xHxW (RGB, SRM and constrained residuals, FFT high-pass,
+    residual magnitudes)."""
 
-    out_chans = 21
+    out_chans = 36
 
     def __init__(self, pixel_std: Tuple[float, float, float], hfp_rate: float = 0.25) -> None:
         super().__init__()
@@ -100,7 +102,9 @@ class ForensicFrontEnd(nn.Module):
         w = torch.cat([srm, self.constrained.constrained_weight().to(px.dtype)], dim=0)
         res = _soft_clip(F.conv2d(px, w, padding=2))
         hfp = highpass_fft(x, self.hfp_rate)
-        return torch.cat([x, res, hfp], dim=1)
+        # residual energy (|r|): averaged by the 4x4 patchify it is the local noise level, the trace
+        # that tells a donor's camera from the host's (the linear residuals average out to ~0)
+        return torch.cat([x, res, hfp, res.abs()], dim=1)
 
 
 class ResBlock(nn.Module):

@@ -45,10 +45,18 @@ stage_b() {
     "${COMMON[@]}" --resume
 }
 
+stage_c() {
+  local init=${INIT:-$W/runs/c/init.pt}
+  $PY -m training.train --data "$W/synth-a" "$W/synth-b" --val "$W/val-mix" --out-dir "$W/runs/c" \
+    --steps "${STEPS_C:-2300}" --init-checkpoint "$init" --lr 4e-4 --warmup-steps 50 --seed 2028 \
+    --model-version safire-native-synth-v2 --max-seconds "${MAX_SECONDS:-0}" "${COMMON[@]}" --resume
+}
+
 case "$STAGE" in
   data) data ;;
   a) data; stage_a ;;
   b) stage_b ;;
+  c) stage_c ;;
   all) data; stage_a; stage_b ;;
   *) echo "unknown stage $STAGE (data | a | b | all)" >&2; exit 2 ;;
 esac
