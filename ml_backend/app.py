@@ -22,6 +22,10 @@ Endpoints (all JSON; errors are ``{"status": code, "error": name, "message": tex
                             empty annotations ignored; other events 200 ``{"status": "Unknown event"}``
 ``GET /metrics``            request counts and p50/p95 latency per endpoint, task/click counters,
                             embedding-cache stats, model versions, job states
+``POST /preannotate/<p>``   bulk pre-annotation of the whole project as a background job
+                            (``safire preannotate``, :mod:`ml_backend.bulk`) -> 202 ``{"job"}``; body
+                            (JSON, may be ``{}``): ``engine`` ray|local, ``workers``, ``all``,
+                            ``overwrite``, ``chunk_size``
 ``GET /jobs``               ``{"jobs": [...]}``; ``GET /jobs/<project>`` the latest job (404 if none)
 ``GET /versions/<project>`` the project's published versions and the current one
 ``POST /prewarm``           ``{"project", "tasks": [...]}`` or ``{"urls": [...]}``: embeddings computed
@@ -106,7 +110,7 @@ _TASK_URLS = 20000  # remembered (project, task) -> image URL of pre-annotated t
 EXPLAIN_PANEL_PIXELS = 24_000_000  # a side-by-side panel above this is scaled down (single views never are)
 _EXPLAIN_VIEWS = ("panel", "heatmap", "sources", "overlay")
 _WEBHOOK_ACTIONS = ("START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
-_JOB_FIELDS = ("id", "project", "reason", "state", "created", "started", "finished", "progress", "error",
+_JOB_FIELDS = ("id", "kind", "project", "reason", "state", "created", "started", "finished", "progress", "error",
                "version", "parent_version", "already_running")
 SETUP_LOAD_WAIT = 1.5  # seconds /setup waits for a newly published version to load (then: background)
 
@@ -1037,6 +1041,53 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
             return jsonify({"status": "ok", "updates": n,
                             "training": f"every {every} updates" if every > 0 else "on Start Training only"}), 201
         return jsonify({"status": "Unknown event"}), 200
+
+    # -- bulk pre-annotation ------------------------------------------------------------------------
+    @app.post("/preannotate/<project>")
+    def preannotate_project(project: str) -> Tuple[Response, int]:
+        import os as _os
+
+        from .jobs import JobLimitError
+
+        body = _body()
+        key = project_key(project)
+        if key is None or "." in str(project):
+            raise BadRequest("POST /preannotate/<project id>: project ids are positive integers")
+        if not settings.label_studio_url or not settings.label_studio_api_key:
+            return _error(503, "Service Unavailable", "bulk pre-annotation needs LABEL_STUDIO_URL and "
+                          "LABEL_STUDIO_API_KEY (it lists the project's tasks and imports the predictions)"), 503
+        engine = body.get("engine", "ray")
+        if engine not in ("ray", "local"):
+            raise BadRequest("engine must be 'ray' or 'local'")
+        cpus = _os.cpu_count() or 1
+        opts: Dict[str, Any] = {"engine": engine, "explain_base": request.host_url}
+        for name, lo, hi, default in (("workers", 1, cpus, 1), ("chunk_size", 1, 1000, 100)):
+            v = body.get(name, default)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise BadRequest(f"{name} must be an integer from {lo} to {hi}")
+            opts[name] = v
+        for name in ("all", "overwrite"):
+            v = body.get(name, False)
+            if not isinstance(v, bool):
+                raise BadRequest(f"{name} must be true or false")
+            opts[name] = v
+        if opts["all"] and not opts["overwrite"]:
+            raise BadRequest("all=true needs overwrite=true (a task would get a second prediction of one version)")
+        with backend._configs_lock:
+            xml = backend._configs.get(key)
+        manager = backend.jobs()
+        if manager is None:
+            return _error(503, "Service Unavailable", f"background jobs are unavailable: {backend._jobs_error}"), 503
+        try:
+            rec = manager.submit(key, reason="preannotate", label_config=xml, kind="preannotate", options=opts)
+        except JobLimitError as e:
+            backend.metrics.count("jobs_refused_limit")
+            return _error(429, "Too Many Requests", str(e)), 429
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        backend.metrics.count("preannotate_jobs_submitted")
+        job = _job_view(rec) or {}
+        return jsonify({"status": "ok", "job": str(job.get("id")), "result": job}), 202
 
     # -- jobs, versions, metrics ------------------------------------------------------------------
     @app.get("/jobs")

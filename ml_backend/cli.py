@@ -7,6 +7,7 @@
     safire robustness --data DIR --out DIR           metrics under JPEG, resizing, blur, noise (training.robustness)
     safire calibrate --checkpoint CK --data DIR --out CK2   tune automatic mode (training.calibrate)
     safire export EXPORT.json --out DIR              Label Studio export -> dataset (ml_backend.export)
+    safire preannotate --url URL --api-key KEY --project ID   bulk pre-annotation on Ray Data (ml_backend.bulk)
     safire serve                                     the Label Studio ML backend (gunicorn)
 
 It lives in ``ml_backend`` because that package may import both ``safire`` and ``training``.
@@ -27,6 +28,7 @@ COMMANDS = {
     "evaluate": ("training.evaluate", "held-out metrics of a model on a dataset (model-card table, --report HTML)"),
     "robustness": ("training.robustness", "metrics under JPEG, resizing, blur, noise and a social-network chain"),
     "export": ("ml_backend.export", "turn a Label Studio export into a training dataset"),
+    "preannotate": ("ml_backend.bulk", "pre-annotate a whole Label Studio project (or an export) in bulk, resumably"),
     "serve": ("ml_backend.serve", "run the Label Studio ML backend"),
 }
 

@@ -33,6 +33,7 @@ from .models import ModelRegistry, read_current, safe_name
 log = logging.getLogger("safire.jobs")
 
 ACTIVE = ("queued", "running")
+JOB_MODULES = {"train": "ml_backend.retrain", "preannotate": "ml_backend.bulk"}  # kind -> process module
 _PROJECT_ID = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
@@ -173,22 +174,30 @@ class JobManager:
         return rec
 
     # -- API ------------------------------------------------------------------------------------------
-    def submit(self, project: Any, reason: str = "START_TRAINING", label_config: Optional[str] = None) -> Dict[str, Any]:
-        """Queue a retraining job for ``project`` and start it; returns the job record at once.
+    def submit(self, project: Any, reason: str = "START_TRAINING", label_config: Optional[str] = None,
+               kind: str = "train", options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Queue a job for ``project`` and start it; returns the job record at once.
+
+        ``kind``: ``train`` (retraining, ``python -m ml_backend.retrain``) or ``preannotate`` (bulk
+        pre-annotation of the whole project, ``python -m ml_backend.bulk --job``, with ``options``:
+        engine, workers, all, overwrite, chunk_size, explain_base). One job of each kind per project
+        at a time; ``SAFIRE_MAX_JOBS`` counts both kinds.
 
         Raises:
             ValueError: ``project`` is not a Label Studio project id (a positive integer).
             JobLimitError: ``SAFIRE_MAX_JOBS`` jobs of other projects are queued or running.
         """
         project = project_id(project)
+        if kind not in JOB_MODULES:
+            raise ValueError(f"unknown job kind {kind!r}")
         with self._lock, self._global_lock(), self._project_lock(project):
             for rec in reversed(self._records(project)):
-                if rec.get("state") in ACTIVE:
+                if rec.get("state") in ACTIVE and rec.get("kind", "train") == kind:
                     return {**rec, "already_running": True}
             running = self.active()
             if len(running) >= self.max_jobs:
                 raise JobLimitError(
-                    f"{len(running)} retraining job(s) already running (SAFIRE_MAX_JOBS={self.max_jobs}): "
+                    f"{len(running)} job(s) already running (SAFIRE_MAX_JOBS={self.max_jobs}): "
                     "try again when one has finished (GET /jobs)")
             job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
             jobs_dir = self._jobs_dir(project)
@@ -196,6 +205,7 @@ class JobManager:
             s = self.settings
             rec: Dict[str, Any] = {
                 "id": job_id,
+                "kind": kind,
                 "project": project,
                 "reason": reason,
                 "state": "queued",
@@ -230,6 +240,9 @@ class JobManager:
                     "threads": int(_setting(s, "train_threads", "SAFIRE_TRAIN_THREADS", 1)),
                 },
             }
+            if kind == "preannotate":
+                rec["preannotate"] = dict(options or {})
+                rec["state_dir"] = str(self.model_dir / safe_name(project, "project") / "preannotate")
             path = jobs_dir / f"{job_id}.json"
             write_json_atomic(path, rec)
             env = dict(os.environ)
@@ -237,7 +250,7 @@ class JobManager:
             logf = open(rec["log"], "ab")
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "ml_backend.retrain", "--job", str(path)],
+                    [sys.executable, "-m", JOB_MODULES[kind], "--job", str(path)],
                     stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                     start_new_session=True, cwd=str(Path(__file__).resolve().parents[1]),
                 )
@@ -252,7 +265,7 @@ class JobManager:
             latest = read_json(path) or {}
             if latest.get("state", "queued") == "queued":
                 write_json_atomic(path, {**rec, **{k: v for k, v in latest.items() if k not in ("pid",)}, "pid": proc.pid})
-            log.info("project %s: queued retraining job %s (%s), pid %d", project, job_id, reason, proc.pid)
+            log.info("project %s: queued %s job %s (%s), pid %d", project, kind, job_id, reason, proc.pid)
             return rec
 
     def get(self, project: Any) -> Optional[Dict[str, Any]]:
