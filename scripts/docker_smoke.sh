@@ -333,7 +333,8 @@ if [ -n "$TAG" ]; then
 else
     say "  image:      $IMAGE_GB GB ($IMAGE_BYTES bytes; $IMAGE, not built by this run)"
 fi
-say "  start:      /health 200 after $FIRST_HEALTH s, Docker healthy after $HEALTHY s (HEALTHCHECK every 10 s)"
+INTERVAL_NS=$($DOCKER image inspect --format '{{json .Config.Healthcheck.Interval}}' "$IMAGE")
+say "  start:      /health 200 after $FIRST_HEALTH s, Docker healthy after $HEALTHY s (HEALTHCHECK every $((INTERVAL_NS / 1000000000)) s)"
 say "  memory:     idle: $MEM_IDLE"
 say "              after the requests: $MEM_AFTER"
 say "  stop:       $STOP_S s"
