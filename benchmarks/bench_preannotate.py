@@ -116,7 +116,10 @@ def main(argv: List[str] = None) -> int:
                 print(run.stdout, run.stderr[-3000:], file=sys.stderr)
                 return 1
             assert predictions() == args.tasks, predictions()
-            rows.append({"path": f"safire preannotate, Ray, {n} worker(s)", "seconds": seconds})
+            man = json.loads((work / f"state-{n}" / "manifest.json").read_text())
+            rows.append({"path": f"safire preannotate, Ray, {n} worker(s)", "seconds": seconds,
+                         "after_start_tasks_per_s": man.get("tasks_per_second_after_start"),
+                         "start_seconds": man.get("first_result_seconds")})
     finally:
         if backend is not None:
             backend.stop()
@@ -124,12 +127,14 @@ def main(argv: List[str] = None) -> int:
     sync = rows[0]["seconds"]
     print(f"\n{args.tasks} tasks of {args.size}x{args.size} px, safire_grid={args.grid}, "
           f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}\n")
-    print("| path | seconds | tasks/s | vs sync |")
-    print("|---|---|---|---|")
+    print("| path | seconds (wall) | tasks/s (wall) | vs sync | start-up s | tasks/s after start-up | vs sync |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         r["tasks_per_s"] = args.tasks / r["seconds"]
         r["ratio"] = sync / r["seconds"]
-        print(f"| {r['path']} | {r['seconds']:.1f} | {r['tasks_per_s']:.2f} | {r['ratio']:.2f}x |")
+        after = r.get("after_start_tasks_per_s")
+        extra = (f"{r['start_seconds']:.1f} | {after:.2f} | {after / rows[0]['tasks_per_s']:.2f}x" if after else "- | - | -")
+        print(f"| {r['path']} | {r['seconds']:.1f} | {r['tasks_per_s']:.2f} | {r['ratio']:.2f}x | {extra} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0

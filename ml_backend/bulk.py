@@ -245,6 +245,7 @@ class Manifest:
     upload_failed: int = 0
     skipped_tasks: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    first_result_seconds: Optional[float] = None  # start-up: model(s) loaded, Ray started, first page listed
     engine: str = ""
     workers: int = 0
     finished: bool = False
@@ -258,6 +259,8 @@ class Manifest:
         d = dataclasses.asdict(self)
         d["accounted"] = self.accounted
         d["tasks_per_second"] = round(self.listed / self.seconds, 3) if self.seconds > 0 else None
+        warm = self.seconds - (self.first_result_seconds or 0.0)
+        d["tasks_per_second_after_start"] = round((self.listed - 1) / warm, 3) if self.listed > 1 and warm > 0 else None
         return d
 
     def summary(self) -> str:
@@ -398,7 +401,7 @@ class Sink:
     def __init__(self, manifest: Manifest, state: State, progress: Progress, *, client: Any = None,
                  project: Optional[int] = None, chunk: int = DEFAULT_CHUNK, overwrite: bool = False,
                  earlier: Optional[set] = None, offline: Optional[Dict[int, Dict[str, Any]]] = None,
-                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> None:
+                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr), t0: Optional[float] = None) -> None:
         self.m, self.state, self.progress = manifest, state, progress
         self.client, self.project, self.chunk = client, project, max(1, int(chunk))
         self.overwrite = overwrite
@@ -406,9 +409,12 @@ class Sink:
         self.offline = offline  # task key -> prediction (offline mode; earlier runs' included)
         self.buffer: List[Dict[str, Any]] = []
         self.log = log
+        self.t0 = t0 if t0 is not None else time.monotonic()
 
     def add(self, o: Mapping[str, Any]) -> None:
         m = self.m
+        if m.first_result_seconds is None:
+            m.first_result_seconds = round(time.monotonic() - self.t0, 2)
         m.listed += 1
         self.progress.done += 1
         tid = int(o["id"])
@@ -513,7 +519,7 @@ class Options:
     shards: int = 0  # 0: 4 per worker
     explain_base: Optional[str] = None
     progress: bool = True
-    limit: int = 0  # tests and benchmarks: stop after this many outcomes (0: no limit)
+    limit: int = 0  # stop after this many outcomes (0: no limit): sample runs, tests
 
 
 def _settings_dict(settings: Any) -> Dict[str, Any]:
@@ -597,7 +603,7 @@ def run(opts: Options, settings: Any, *, progress_callback: Optional[Callable[[D
         progress = Progress(total, enabled=opts.progress, callback=progress_callback)
         sink = Sink(manifest, state, progress, client=client, project=opts.project, chunk=opts.chunk,
                     overwrite=opts.overwrite, earlier=uploaded_before | set(offline_preds),
-                    offline=dict(offline_preds) if not online else None, log=log)
+                    offline=dict(offline_preds) if not online else None, log=log, t0=t_start)
         log(f"safire preannotate: {'project ' + str(opts.project) if online else opts.export_path}, {total} tasks, "
             f"model version {version}, engine {opts.engine} ({opts.workers} worker(s)), state {state.dir}")
 
@@ -734,6 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      ".safire-preannotate/project-ID, or OUT.state offline)")
     io_.add_argument("--manifest", help="also write the manifest here")
     io_.add_argument("--backend-url", help="the backend's URL, for the explain_url of the provenance records")
+    io_.add_argument("--limit", type=int, default=0,
+                     help="stop after N tasks (a sample run to measure the cost per image; resume later)")
     io_.add_argument("--no-progress", action="store_true")
     return p
 
@@ -811,7 +819,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address,
                    object_store_mb=args.object_store_mb, batch_size=max(1, args.batch_size), chunk=args.chunk_size,
                    page_size=args.page_size, shards=args.shards, explain_base=args.backend_url,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, limit=max(0, args.limit))
     try:
         manifest = run(opts, settings)
     except BulkError as e:
