@@ -1073,13 +1073,13 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
             opts[name] = v
         if opts["all"] and not opts["overwrite"]:
             raise BadRequest("all=true needs overwrite=true (a task would get a second prediction of one version)")
-        with backend._configs_lock:
-            xml = backend._configs.get(key)
         manager = backend.jobs()
         if manager is None:
             return _error(503, "Service Unavailable", f"background jobs are unavailable: {backend._jobs_error}"), 503
         try:
-            rec = manager.submit(key, reason="preannotate", label_config=xml, kind="preannotate", options=opts)
+            # label_config None: the job reads the project's current config from Label Studio, which is
+            # what Label Studio sends with every /predict
+            rec = manager.submit(key, reason="preannotate", label_config=None, kind="preannotate", options=opts)
         except JobLimitError as e:
             backend.metrics.count("jobs_refused_limit")
             return _error(429, "Too Many Requests", str(e)), 429

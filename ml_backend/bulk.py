@@ -708,8 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "limits, ...) come from the same environment variables as the backend's.")
     src = p.add_argument_group("online (a Label Studio project)")
     src.add_argument("--url", default=None, help="Label Studio base URL (default $LABEL_STUDIO_URL)")
-    src.add_argument("--api-key", default=None, help="personal access token or legacy token "
-                                                     "(default $LABEL_STUDIO_API_KEY)")
+    src.add_argument("--api-key", default=None, help="personal access token or legacy token (default "
+                                                     "$LABEL_STUDIO_API_KEY; prefer the variable: other users "
+                                                     "of the machine can read command lines)")
     src.add_argument("--project", type=int, help="project id")
     off = p.add_argument_group("offline (a Label Studio export)")
     off.add_argument("--from-export", metavar="EXPORT.json", help="tasks of a JSON export instead of a live project")
