@@ -85,3 +85,9 @@ robustness: env $(addsuffix /manifest.json,$(TEST_SETS))
 report: env $(addsuffix /manifest.json,$(TEST_SETS))
 	$(VENV)/bin/safire evaluate --data $(TEST_SETS) --limit-each $(REPORT_LIMIT) --report out/report $(CKPT_ARG)
 	$(PY) scripts/report_screenshot.py out/report/index.html docs/screenshots/report.png
+
+# The model card's figure (held-out examples: image, truth, predicted sources, heat map) with the
+# embedded default model; examples are generated from held-out photos (`make photos` first).
+.PHONY: figure
+figure: env
+	$(PY) scripts/model_card_figure.py --out docs/figures/heldout.png
