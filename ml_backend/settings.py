@@ -257,7 +257,7 @@ SETTINGS: Tuple[Spec, ...] = (
          "Base model weights (our checkpoint or the official `safire.pth`); empty: the embedded "
          "default model. Projects with a published fine-tuned version use that instead.", group="Model"),
     Spec("variant", "SAFIRE_VARIANT", "", _opt_str,
-         "Model variant (`vit_b`, `tiny`, `micro`) when the checkpoint does not record it.", group="Model"),
+         "Model variant (`vit_b`, `native`, `tiny`, `micro`, `native_micro`) when the checkpoint does not record it.", group="Model"),
     Spec("device", "SAFIRE_DEVICE", "cpu", _device, "Torch device: cpu, cuda, cuda:N, mps or auto.",
          group="Model"),
     Spec("threads", "SAFIRE_THREADS", "1", _int_range(1, 256),

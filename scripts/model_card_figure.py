@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.suptitle(f"{model.meta.get('model_version')} on held-out photos (never seen in training)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=80)
     print(args.out)
