@@ -228,12 +228,27 @@ def score_project(proj: Project, maps: Dict[int, np.ndarray], label: str) -> Dic
     return out
 
 
+#: Forged tasks: the model's mean p-mIoU must beat the "one source" answer by this much
+#: (SAFIRE_E2E_FORGED_GAIN overrides both; the "everything is one source" answer gains 0 and fails
+#: it). Measured with safire-native-synth-v2 (2026-12-04): multi +0.079, binary +0.016. Issue 9
+#: asks for +0.15: not reached by the shipped model, so these floors are what it does, not the goal.
+FORGED_GAIN_DEFAULT = {"multi": "0.05", "binary": "0.01"}
+#: Click IoU floor (SAFIRE_E2E_CLICK_IOU_FLOOR): measured 0.41 on both projects; issue 9's goal is 0.75.
+CLICK_IOU_FLOOR_DEFAULT = "0.3"
+
+
 def assert_floor(scores: Dict[str, float], label: str) -> None:
     floor, how = floor_from_env(scores["baseline"])
     record("scores", f"{label} p-mIoU floor", f"{floor:.3f} from {how}")
     assert scores["model"] >= floor, (
         f"{label}: mean permuted mIoU {scores['model']:.3f} is below the floor {floor:.3f} ({how}); the trivial "
         f"'one source' answer scores {scores['baseline']:.3f}")
+    gain = float(os.environ.get("SAFIRE_E2E_FORGED_GAIN", FORGED_GAIN_DEFAULT.get(label, "0.05")))
+    record("scores", f"{label} forged gain over one source (floor)",
+           f"{scores['model_forged'] - scores['baseline_forged']:+.3f} ({gain:+.3f})")
+    assert scores["model_forged"] >= scores["baseline_forged"] + gain, (
+        f"{label}: on forged tasks the model scores {scores['model_forged']:.3f}, the 'one source' answer "
+        f"{scores['baseline_forged']:.3f}; SAFIRE_E2E_FORGED_GAIN={gain} asks for more")
 
 
 def assert_matches_reference(stack, proj: Project, tid: int, sample: Sample, ls_map: np.ndarray) -> None:
@@ -284,7 +299,8 @@ def test_retrieve_predictions_action(stack, projects):
         for tid, sample in proj.tasks.items():
             preds = predictions_of(client, tid)
             assert len(preds) == 1, f"{key} task {tid}: {len(preds)} predictions"
-            maps[tid] = check_prediction(preds[0], sample, proj, version, need_regions=key == "multi_k2")
+            # a multi-source project never gets an empty task: an authentic verdict is one host region
+            maps[tid] = check_prediction(preds[0], sample, proj, version, need_regions=True)
             if key == "multi_k2":
                 labels = {lab for lab, _ in region_masks(preds[0]["result"], sample.height, sample.width)}
                 first_two = {proj.cfg.host_label} | {next(x for x in proj.cfg.brush_labels if x != proj.cfg.host_label)}
@@ -303,6 +319,13 @@ def test_retrieve_predictions_action(stack, projects):
         scores = score_project(proj, maps, key)
         if key == "multi":
             assert_floor(scores, key)
+            authentic = [tid for tid, smp in proj.tasks.items() if not smp.forged]
+            one = [tid for tid in authentic if len(np.unique(maps[tid])) == 1]
+            record("scores", "multi: authentic tasks answered as one source", f"{len(one)} of {len(authentic)}")
+            need = float(os.environ.get("SAFIRE_E2E_AUTHENTIC_ONE_SOURCE", "1.0"))
+            assert len(one) >= need * len(authentic), (
+                f"only {len(one)} of {len(authentic)} authentic tasks came back as one source "
+                f"(SAFIRE_E2E_AUTHENTIC_ONE_SOURCE={need})")
 
 
 def test_predictions_when_a_task_is_opened(stack, projects):
@@ -371,7 +394,7 @@ def test_interactive_click(stack, projects, key):
     record("scores", f"click {key}: IoU with the clicked source", f"{iou(mask, truth):.3f} "
            f"(positive point {'in' if mask[pos_xy[1], pos_xy[0]] else 'NOT in'} mask, negative point "
            f"{'in' if mask[neg_xy[1], neg_xy[0]] else 'not in'} mask)")
-    floor = float(os.environ.get("SAFIRE_E2E_CLICK_IOU_FLOOR", "0"))
+    floor = float(os.environ.get("SAFIRE_E2E_CLICK_IOU_FLOOR", CLICK_IOU_FLOOR_DEFAULT))
     assert iou(mask, truth) >= floor, f"click IoU {iou(mask, truth):.3f} below SAFIRE_E2E_CLICK_IOU_FLOOR={floor}"
 
 
