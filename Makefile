@@ -65,7 +65,7 @@ docker-smoke:
 
 # The README's robustness table and plot, and its evaluation-report screenshot, on the held-out
 # synthetic test sets (test photos only, never seen in training; generated on first use into
-# $(TEST_DATA), e.g. `make robustness TEST_DATA=/work/data` to reuse sets that exist). CHECKPOINT
+# $(TEST_DATA), e.g. `make robustness TEST_DATA=data` to reuse sets that exist). CHECKPOINT
 # (default: the embedded model) selects the weights; ROBUSTNESS_LIMIT / REPORT_LIMIT are images
 # per set.
 .PHONY: robustness report

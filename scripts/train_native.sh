@@ -2,13 +2,15 @@
 # The recipe of the embedded default model (safire/weights/safire-native-default.pt): the native-
 # resolution variant, trained on native-resolution crops of synthetic composites, on CPU.
 #
-#   bash scripts/train_native.sh STAGE [WORK_DIR]        STAGE: data | a | b | ship | all
+#   bash scripts/train_native.sh STAGE [WORK_DIR]        STAGE: data | a | b | c | all   (WORK_DIR default: data)
 #
 #   data  synthetic training sets (bundled photos: synth-a; the installed pool, `make photos`:
 #         synth-b) and held-out validation/test sets (held-out photos only)
 #   a     point-prompt training from random weights on synth-a (resumable: run it again)
 #   b     continue from a (or from the shipped model with INIT=...) on synth-b (resumable)
-#   ship  calibrate automatic mode on the validation mix, store fp16, evaluate on the test sets
+#   c     continue from the widened stage-b weights (INIT=...; e.g. INIT=safire/weights/safire-native-default.pt
+#         to continue the shipped model) on synth-a + synth-b (resumable); then ship with
+#         safire calibrate --checkpoint WORK_DIR/runs/c/last.pt --data WORK_DIR/val-mix --out X.pt --half
 #
 # Every run checkpoints to WORK_DIR/runs/<stage>/last.pt every 250 steps and resumes from it, so a
 # killed run loses at most 250 steps. Seeds are fixed. SAFIRE_THREADS (default 2) sets torch
@@ -16,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:-all}
-W=${2:-/work/data}
+W=${2:-data}
 PY=.venv/bin/python
 T=${SAFIRE_THREADS:-2}
 AMP=${AMP:---amp}
@@ -28,6 +30,8 @@ COMMON=(--variant native --batch-size 8 --num-pairs 3 --r2r-weight 0.1 --pool-pr
 data() {
   [ -f "$W/synth-a/manifest.json" ] || $PY -m training.synth --out "$W/synth-a" --n 3000 --sources 1-4 \
     --authentic-fraction 0.2 --seed 101 --split train --size-min 320 --size-max 640 --workers 2 --quiet
+  [ -f "$W/synth-b/manifest.json" ] || $PY -m training.synth --out "$W/synth-b" --n 3000 --sources 1-4 \
+    --authentic-fraction 0.2 --seed 301 --split train --size-min 320 --size-max 720 --workers 2 --quiet
   [ -f "$W/val-mix/manifest.json" ] || $PY -m training.synth --out "$W/val-mix" --n 64 --sources 1-4 \
     --authentic-fraction 0.25 --seed 201 --split val --size-min 320 --size-max 768 --quiet
 }
@@ -55,8 +59,8 @@ stage_c() {
 case "$STAGE" in
   data) data ;;
   a) data; stage_a ;;
-  b) stage_b ;;
-  c) stage_c ;;
+  b) data; stage_b ;;
+  c) data; stage_c ;;
   all) data; stage_a; stage_b ;;
   *) echo "unknown stage $STAGE (data | a | b | all)" >&2; exit 2 ;;
 esac
