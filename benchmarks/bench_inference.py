@@ -118,15 +118,14 @@ def run_native(size: str, threads: int, repeats: int, checkpoint: str | None) ->
             res3 = partition(pred, emb, 3, seed=0)
             k_t.append(time.perf_counter() - t)
     # baseline: the grid decoded on the full token grid (no pooling)
-    full_model = model
-    cfg = model.config
     import dataclasses
 
-    full_model.config = dataclasses.replace(cfg, grid_tokens=10**6)
+    cfg = model.config
+    model.config = dataclasses.replace(cfg, grid_tokens=10**6)
     t = time.perf_counter()
     full3 = partition(pred, emb, 3, seed=0)
     full_t.append(time.perf_counter() - t)
-    full_model.config = cfg
+    model.config = cfg
     aris.append(M.ari(res3.labels.astype(np.int64), full3.labels.astype(np.int64)))
     return {
         "size": size, "weights": model.meta.get("model_version"), "threads": threads,
@@ -208,6 +207,17 @@ def run_variant(variant: str, threads: int, repeats: int, checkpoint: str | None
     }
 
 
+def _child(args: list, what: str) -> dict | None:
+    """Run this script as a child with ``args``; its RESULT line as a dict (None on failure)."""
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not line:
+        print(f"{what} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    print(f"done {what}", file=sys.stderr)
+    return json.loads(line[0][7:])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["native", "vit_b"])
@@ -232,16 +242,12 @@ def main() -> int:
     if "native" in args.variants:
         for size in args.native_sizes:
             for t in args.threads:
-                cmd = [sys.executable, __file__, "--child", f"native@{size}:{t}", "--repeats", str(args.repeats)]
+                cmd = ["--child", f"native@{size}:{t}", "--repeats", str(args.repeats)]
                 if args.checkpoint:
                     cmd += ["--checkpoint", args.checkpoint]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-                if out.returncode != 0 or not line:
-                    print(f"native {size} (threads {t}) failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                native_rows.append(json.loads(line[0][7:]))
-                print(f"done native {size} threads={t}", file=sys.stderr)
+                r = _child(cmd, f"native {size} threads={t}")
+                if r:
+                    native_rows.append(r)
         hdr = ("| image | weights | threads | tokens | encoder s | click ms (p50 / p95) | partition auto s | "
                "partition K=3 s | K=3 on the full grid s (baseline) | speed-up | ARI pooled vs full | "
                "end to end s (encoder + auto) | peak RSS MB (process) |")
@@ -255,17 +261,15 @@ def main() -> int:
         print()
     for v in [v for v in args.variants if v != "native"]:
         for t in args.threads:
-            cmd = [sys.executable, __file__, "--child", f"{v}:{t}", "--repeats", str(args.repeats),
+            cmd = ["--child", f"{v}:{t}", "--repeats", str(args.repeats),
                    "--images", str(args.images if v != "vit_b" else min(args.images, 2))]
             if args.vit_b_checkpoint:
                 cmd += ["--vit-b-checkpoint", args.vit_b_checkpoint]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            if out.returncode != 0 or not line:
-                print(f"{v} (threads {t}) failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(line[0][7:]))
-            print(f"done {v} threads={t}", file=sys.stderr)
+            r = _child(cmd, f"{v} threads={t}")
+            if r:
+                rows.append(r)
+    if not rows:
+        return 0
     hdr = ("| variant | weights | threads | encoder s | click ms (p50 / p95) | partition s (encoder excl.) | "
            "partition peak MB | official way s | official peak MB | speed-up | ARI vs official (min / mean) | "
            "sources found, ours / official (asked) | end to end s |")

@@ -62,5 +62,5 @@ case "$STAGE" in
   b) data; stage_b ;;
   c) data; stage_c ;;
   all) data; stage_a; stage_b ;;
-  *) echo "unknown stage $STAGE (data | a | b | all)" >&2; exit 2 ;;
+  *) echo "unknown stage $STAGE (data | a | b | c | all)" >&2; exit 2 ;;
 esac
