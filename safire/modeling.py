@@ -167,7 +167,6 @@ class Safire(nn.Module):
     def __init__(self, config: SafireConfig) -> None:
         super().__init__()
         self.config = config
-        emb = config.img_size // config.patch_size
         if config.encoder == "native":
             self.image_encoder = NativeImageEncoder(
                 embed_dim=config.encoder_embed_dim, depth=config.encoder_depth,

@@ -52,9 +52,13 @@ def _soft_clip(x: torch.Tensor, t: float = 3.0) -> torch.Tensor:
 
 
 def srm_kernels() -> torch.Tensor:
-    """9x1x5x5 float32: the three SRM kernels for each of the R, G, B channels (grouped conv)."""
+    """9x3x5x5 float32: the three SRM kernels applied to each of R, G, B (output 3c+i reads only
+    input channel c), so they join the constrained kernels in one convolution."""
     k = torch.tensor(_SRM, dtype=torch.float32) / torch.tensor(_SRM_NORM).view(3, 1, 1)
-    return k[None].expand(3, -1, -1, -1).reshape(9, 1, 5, 5).contiguous()
+    w = torch.zeros(9, 3, 5, 5)
+    for c in range(3):
+        w[3 * c : 3 * c + 3, c] = k
+    return w
 
 
 class ConstrainedConv(nn.Module):
@@ -96,10 +100,7 @@ class ForensicFrontEnd(nn.Module):
 
         px = x * (self.std / 4.0)  # pixel units / 4
         # SRM (fixed, per colour channel) and constrained kernels in one 15-channel convolution
-        srm = torch.zeros(9, 3, 5, 5, dtype=px.dtype, device=px.device)
-        for c in range(3):
-            srm[3 * c : 3 * c + 3, c] = self.srm[3 * c : 3 * c + 3, 0].to(px.dtype)
-        w = torch.cat([srm, self.constrained.constrained_weight().to(px.dtype)], dim=0)
+        w = torch.cat([self.srm.to(px.dtype), self.constrained.constrained_weight().to(px.dtype)], dim=0)
         res = _soft_clip(F.conv2d(px, w, padding=2))
         hfp = highpass_fft(x, self.hfp_rate)
         # residual energy (|r|): averaged by the 4x4 patchify it is the local noise level, the trace
