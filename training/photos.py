@@ -130,6 +130,11 @@ def _in_split(photo_split: str, split: str) -> bool:
     return photo_split == split
 
 
+#: Sub-folder of a packed pool holding copies of the bundled (scikit-image/-learn) photos, used when
+#: the machine's scikit-image lacks a file.
+BUNDLED_COPY_DIR = "bundled"
+
+
 def photo_dir() -> str:
     """The installed pool's folder: ``$SAFIRE_PHOTO_DIR`` or ``~/.cache/safire-studio/photos``."""
     d = os.environ.get(PHOTO_DIR_ENV) or os.path.join("~", ".cache", "safire-studio", "photos")
@@ -288,6 +293,8 @@ def _load_installed(folder: str, spec: PhotoSpec) -> Photo:
 def _load_photo(name: str) -> Photo:
     spec = _BUNDLED[name]
     path = os.path.join(_package_dir(spec.package), spec.filename)
+    if not os.path.isfile(path):  # a packed pool (scripts/pack_photo_pool.py) carries its own copy
+        path = os.path.join(photo_dir(), BUNDLED_COPY_DIR, spec.filename)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"bundled photo {name!r} not found at {path} (is {spec.package} installed?)")

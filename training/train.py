@@ -36,6 +36,7 @@ from safire.modeling import Safire
 from .evaluate import evaluate_partition
 from .losses import r2r_contrastive_loss, safire_loss
 from .prompt_data import PromptSampleConfig, PromptTrainingSet
+from .repeat import RepeatBatchOrder, RepeatReader
 
 TRAINABLE_CHOICES = ("all", "adapter+decoder", "decoder")
 
@@ -80,6 +81,14 @@ class TrainConfig:
     pool_prob: float = 0.0
     # Wall-clock budget: stop (and save last.pt) after this many seconds of training (0: none).
     max_seconds: float = 0.0
+    # With max_seconds: the cosine schedule follows elapsed time (progress = max(step / steps,
+    # seconds / max_seconds)), so a time-boxed run anneals fully whatever its throughput.
+    time_schedule: bool = False
+    # Native variants: side of the square training crops (0: the config's img_size; multiple of 16).
+    crop_size: int = 0
+    # Serve each training item this many times, as different crops and prompts (training.repeat):
+    # with generated data (synth:...) the same CPU work then feeds `repeat` times as many samples.
+    repeat: int = 1
 
 
 @dataclass
@@ -130,12 +139,19 @@ def set_trainable(model: Safire, mode: str) -> List[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine annealing with warm restarts (T_0 = restart_period, x mult)."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine annealing with warm restarts (T_0 = restart_period, x mult).
+
+    With ``cfg.time_schedule`` and ``cfg.max_seconds``, the position in the (single) cosine is the
+    larger of the step and the time fraction (``elapsed`` seconds of ``max_seconds``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = step - cfg.warmup_steps
     period = cfg.restart_period or max(1, cfg.steps - cfg.warmup_steps)
+    max_s = getattr(cfg, "max_seconds", 0.0)
+    if getattr(cfg, "time_schedule", False) and max_s > 0 and not cfg.restart_period:
+        frac = max(t / period, min(1.0, elapsed / max_s))
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
     while t >= period:
         t -= period
         period *= max(1, cfg.restart_mult)
@@ -207,6 +223,8 @@ def fine_tune(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     is_main = rank == 0
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest convolutions once
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     out = Path(cfg.out_dir)
@@ -228,22 +246,33 @@ def fine_tune(
     model.train()
 
     mc = model.config
+    img_size, mask_size, embed_size = mc.img_size, model.mask_size, model.embedding_size
+    if cfg.crop_size:
+        if not model.native or cfg.crop_size % mc.patch_size:
+            raise ValueError(f"crop_size needs a native variant and a multiple of {mc.patch_size}")
+        img_size, embed_size = cfg.crop_size, cfg.crop_size // mc.patch_size
+        mask_size = 4 * embed_size
+    if cfg.repeat > 1:
+        train_data = RepeatReader(train_data, cfg.repeat, cache_size=cfg.batch_size)
     sample_cfg = PromptSampleConfig(
-        img_size=mc.img_size, mask_size=model.mask_size, embed_size=model.embedding_size,
+        img_size=img_size, mask_size=mask_size, embed_size=embed_size,
         num_pairs=cfg.num_pairs, point_mask_mode=cfg.point_mask_mode, augment=cfg.augment, seed=cfg.seed,
         native=model.native,
     )
     train_set = PromptTrainingSet(train_data, sample_cfg)
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
-    if world > 1:
+    if world > 1:  # (with --repeat: correct, but each rank regenerates items it misses in its cache)
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    elif cfg.repeat > 1:
+        sampler = RepeatBatchOrder(len(train_set), cfg.repeat, cfg.batch_size, cfg.workers, seed=cfg.seed)
     else:
         sampler = RandomSampler(train_set, replacement=False, generator=torch.Generator().manual_seed(cfg.seed))
     sampler = ResumableSampler(sampler, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         collate_fn=_collate, drop_last=len(train_set) // world >= cfg.batch_size,
-                        persistent_workers=False)
+                        persistent_workers=False, pin_memory=device.type == "cuda",
+                        **({"prefetch_factor": 2} if cfg.workers > 0 else {}))
 
     net: torch.nn.Module = model
     if world > 1:
@@ -285,10 +314,13 @@ def fine_tune(
     seen = 0
     window_loss: List[Dict[str, float]] = []
     last_val: Dict[str, float] = {}
+    data_wait = 0.0  # seconds spent waiting for batches (the data pipeline's share of the time)
     while step < cfg.steps:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
+        t_wait = time.perf_counter()
         for batch in loader:
+            data_wait += time.perf_counter() - t_wait
             if step >= cfg.steps:
                 break
             if cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds:
@@ -296,10 +328,10 @@ def fine_tune(
                 if is_main:
                     save(out / "last.pt", last_val)
                 break
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, time.perf_counter() - t_start)
             for g in opt.param_groups:
                 g["lr"] = lr
-            images = batch["image"].to(device, non_blocking=True)
+            images = batch["image"].to(device, non_blocking=True).float()
             points = batch["points"].to(device)
             targets = batch["targets"].to(device).long()
             labels = torch.ones(points.shape[:2], device=device)
@@ -329,7 +361,8 @@ def fine_tune(
                 elapsed = time.perf_counter() - t_start
                 avg = {k: float(np.mean([w[k] for w in window_loss])) for k in window_loss[0]}
                 window_loss.clear()
-                rec = {"step": step, "lr": lr, "images_per_s": seen / elapsed, **avg}
+                rec = {"step": step, "lr": lr, "images_per_s": seen / elapsed,
+                       "data_wait": data_wait / elapsed, **avg}
                 history.append(rec)
                 log(f"step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
                 if progress:
@@ -351,6 +384,7 @@ def fine_tune(
                 save(out / "last.pt", last_val)
             if world > 1 and do_val:
                 dist.barrier()
+            t_wait = time.perf_counter()
         else:
             epoch, epoch_step = epoch + 1, 0
             continue
