@@ -148,14 +148,15 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = step - cfg.warmup_steps
     period = cfg.restart_period or max(1, cfg.steps - cfg.warmup_steps)
-    max_s = getattr(cfg, "max_seconds", 0.0)
+    max_s = getattr(cfg, "max_seconds", 0.0)  # (PretrainConfig has no time budget)
     if getattr(cfg, "time_schedule", False) and max_s > 0 and not cfg.restart_period:
-        frac = max(t / period, min(1.0, elapsed / max_s))
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
-    while t >= period:
-        t -= period
-        period *= max(1, cfg.restart_mult)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / period))
+        frac = min(1.0, max(t / period, elapsed / max_s))
+    else:
+        while t >= period:
+            t -= period
+            period *= max(1, cfg.restart_mult)
+        frac = t / period
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
 
 
 class ResumableSampler(Sampler):
@@ -271,8 +272,7 @@ def fine_tune(
     sampler = ResumableSampler(sampler, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         collate_fn=_collate, drop_last=len(train_set) // world >= cfg.batch_size,
-                        persistent_workers=False, pin_memory=device.type == "cuda",
-                        **({"prefetch_factor": 2} if cfg.workers > 0 else {}))
+                        persistent_workers=False, pin_memory=device.type == "cuda")
 
     net: torch.nn.Module = model
     if world > 1:
