@@ -238,6 +238,8 @@ class JobManager:
                     "val_fraction": float(_setting(s, "val_fraction", "SAFIRE_VAL_FRACTION", 0.2)),
                     "device": str(_setting(s, "device", "SAFIRE_DEVICE", "cpu")),
                     "threads": int(_setting(s, "train_threads", "SAFIRE_TRAIN_THREADS", 1)),
+                    "min_tasks": int(_setting(s, "train_min_tasks", "SAFIRE_TRAIN_MIN_TASKS", 10)),
+                    "min_gain": float(_setting(s, "train_min_gain", "SAFIRE_TRAIN_MIN_GAIN", 0.0)),
                 },
             }
             if kind == "preannotate":

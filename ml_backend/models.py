@@ -67,8 +67,12 @@ def read_current(model_dir: Path, project: str) -> Optional[str]:
 
 
 def publish_version(model_dir: os.PathLike, project: str, version: str, checkpoint: os.PathLike,
-                    manifest: Dict[str, Any]) -> Path:
-    """Atomically publish ``checkpoint`` as ``MODEL_DIR/<project>/<version>/`` and make it current."""
+                    manifest: Dict[str, Any], make_current: bool = True) -> Path:
+    """Atomically publish ``checkpoint`` as ``MODEL_DIR/<project>/<version>/``.
+
+    ``make_current``: also serve it (replace ``CURRENT``); False keeps it as a *candidate*: listed
+    by ``GET /versions`` with its manifest (metrics, the reason it was not promoted), never served.
+    """
     project, version = safe_name(project, "project"), safe_name(version, "version")
     pdir = Path(model_dir) / project
     pdir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,8 @@ def publish_version(model_dir: os.PathLike, project: str, version: str, checkpoi
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not make_current:
+        return final
     cur_tmp = pdir / f".CURRENT.{os.getpid()}.tmp"
     cur_tmp.write_text(version + "\n")
     os.replace(cur_tmp, pdir / "CURRENT")
@@ -194,6 +200,11 @@ class ModelRegistry:
                         except ValueError:
                             pass
                     out.append({"version": d.name, "parent": man.get("parent_version"),
-                                "created": man.get("created"), "metrics": man.get("metrics")})
-        return {"project": project, "current": read_current(self.model_dir, project) or self.base.version,
+                                "created": man.get("created"), "metrics": man.get("metrics"),
+                                "status": man.get("status", "published"), "decision": man.get("decision")})
+        current = read_current(self.model_dir, project)
+        for v in out:  # what it is now: serving, an earlier served version, or a never-served candidate
+            v["status"] = "current" if v["version"] == current else \
+                ("candidate" if v["status"] == "candidate" else "previous")
+        return {"project": project, "current": current or self.base.version,
                 "base": self.base.version, "versions": out, "error": self._errors.get(project)}

@@ -9,11 +9,18 @@ Stages (each reported in the job record's ``progress``):
 2. evaluate the parent model on the validation split;
 3. fine-tune the parent (the project's current version, or the base model) on the training split;
 4. evaluate the new model on the same validation split;
-5. publish ``MODEL_DIR/<project>/<version>/`` atomically with a manifest (metrics before/after,
-   data counts, parent version, training config, timings) and make it current.
+5. decide (:func:`decide`) and publish ``MODEL_DIR/<project>/<version>/`` atomically with a
+   manifest (metrics before/after, the decision, data counts, parent version, training config,
+   timings). Only a child whose validation pmIoU (automatic sources, what pre-annotations give)
+   beats its parent's by more than ``SAFIRE_TRAIN_MIN_GAIN`` becomes current (``outcome:
+   published``); any other is kept as a ``candidate`` that ``GET /versions`` lists with the reason,
+   and the serving version stays. With fewer than ``SAFIRE_TRAIN_MIN_TASKS`` usable annotated tasks
+   the job trains nothing and says so (``outcome: not_enough_data``).
 
-The new version serves the project's next predictions and clicks; predictions already stored in
-Label Studio are not redone (run Retrieve Predictions again for that).
+The job record ends with ``outcome``, ``decision`` (metric, before, after, gain, reason) and
+``metrics`` (before/after summaries). A published version serves the project's next predictions
+and clicks; predictions already stored in Label Studio are not redone (run Retrieve Predictions
+again for that).
 
 Any failure marks the job failed with its error; nothing is published, the serving model stays.
 The Label Studio key comes from the environment (``LABEL_STUDIO_API_KEY``), never from the record.
@@ -27,6 +34,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -54,7 +62,65 @@ def _summary(metrics: Dict[str, float]) -> Dict[str, float]:
     return {k: round(float(v), 4) for k, v in metrics.items() if k in keep}
 
 
-def run_job(job: JobRecord) -> str:
+#: The validation metric that decides promotion: mean permuted mIoU with the automatic number of
+#: sources over the validation images (authentic ones included), i.e. what pre-annotations give.
+PROMOTION_METRIC = "miou_auto"
+
+
+@dataclass
+class Decision:
+    """What a job did with its fine-tuned child.
+
+    outcome: ``published`` (served from now on), ``candidate`` (kept, not served) or
+        ``not_enough_data`` (nothing trained).
+    reason: one sentence for the analyst (job record, ``/versions``).
+    metric / before / after / gain: the deciding validation metric of parent and child (None
+        when not measured); ``val_images``: validation images it was measured on.
+    """
+
+    outcome: str
+    reason: str
+    metric: str = PROMOTION_METRIC
+    before: Optional[float] = None
+    after: Optional[float] = None
+    gain: Optional[float] = None
+    val_images: int = 0
+
+
+def too_few(samples: int, min_tasks: int) -> Optional[Decision]:
+    """A ``not_enough_data`` decision when ``samples`` usable annotated tasks are below ``min_tasks``."""
+    if samples >= min_tasks:
+        return None
+    return Decision("not_enough_data",
+                    f"only {samples} usable annotated task(s); fine-tuning needs at least {min_tasks} "
+                    "(SAFIRE_TRAIN_MIN_TASKS) to train and to check the result on held-out tasks: "
+                    "annotate more tasks and start training again")
+
+
+def decide(before: Dict[str, float], after: Dict[str, float], min_gain: float = 0.0,
+           metric: str = PROMOTION_METRIC) -> Decision:
+    """Promote the child only if its validation ``metric`` beats the parent's by more than ``min_gain``.
+
+    ``before`` / ``after``: :func:`training.evaluate.evaluate_partition` summaries of parent and
+    child on the same validation split (empty when there was none). No validation, or no gain above
+    ``min_gain`` (a tie included), keeps the child as a candidate.
+    """
+    n = int(after.get("count", 0) or 0)
+    if metric not in before or metric not in after or n == 0:
+        return Decision("candidate", "no validation split to compare parent and child on; kept as a "
+                        "candidate (raise SAFIRE_VAL_FRACTION or annotate more tasks)", metric, val_images=n)
+    b, a = float(before[metric]), float(after[metric])
+    gain = a - b
+    text = f"validation {metric} {b:.3f} -> {a:.3f} ({gain:+.3f}) on {n} held-out task(s)"
+    if gain > min_gain:
+        return Decision("published", f"{text}: better than its parent, now serving", metric,
+                        round(b, 4), round(a, 4), round(gain, 4), n)
+    return Decision("candidate", f"{text}: not better than its parent by more than {min_gain:g} "
+                    "(SAFIRE_TRAIN_MIN_GAIN); kept as a candidate, the serving version stays",
+                    metric, round(b, 4), round(a, 4), round(gain, 4), n)
+
+
+def run_job(job: JobRecord) -> Dict[str, Any]:
     import torch
 
     from safire.build import build_safire
@@ -104,6 +170,10 @@ def run_job(job: JobRecord) -> str:
     if manifest.count == 0:
         reasons = sorted({s.get("code", s.get("reason")) for s in manifest.skipped})
         raise RuntimeError(f"no usable annotations to train on ({manifest.total} tasks; skipped: {reasons})")
+    few = too_few(manifest.count, int(train_cfg.get("min_tasks", 10)))
+    if few is not None:
+        print(few.reason, flush=True)
+        return {"version": None, "outcome": few.outcome, "decision": asdict(few), "data": counts}
     train_set = SafireDataset(str(work / "dataset"), split="train")
     val_set = SafireDataset(str(work / "dataset"), split="val") if manifest.splits.get("val") else None
 
@@ -138,10 +208,14 @@ def run_job(job: JobRecord) -> str:
         new = build_safire(checkpoint=result.last_checkpoint, device="cpu")
         after = _summary(evaluate_partition(new, val_set).summary)
 
-    # 5. publish
+    # 5. decide, publish (current only if better)
+    decision = decide(before, after, float(train_cfg.get("min_gain", 0.0)))
+    print(decision.reason, flush=True)
     job.progress(stage="publish")
     pub_manifest = {
         "version": version,
+        "status": "published" if decision.outcome == "published" else "candidate",
+        "decision": asdict(decision),
         "project": project,
         "parent_version": rec.get("parent_version"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -153,9 +227,12 @@ def run_job(job: JobRecord) -> str:
                   "images_per_second": round(result.images_per_second, 3), **train_cfg},
         "seconds_total": round(time.time() - t0, 1),
     }
-    publish_version(rec["model_dir"], project, version, result.last_checkpoint, pub_manifest)
+    publish_version(rec["model_dir"], project, version, result.last_checkpoint, pub_manifest,
+                    make_current=decision.outcome == "published")
     shutil.rmtree(work / "train", ignore_errors=True)
-    return version
+    return {"version": version, "outcome": decision.outcome, "decision": asdict(decision),
+            "metrics": {"before": before, "after": after}, "data": counts,
+            "train_seconds": round(result.seconds, 1)}
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -166,15 +243,15 @@ def main(argv: Optional[list] = None) -> int:
     job.update(state="running", started=time.time(), pid=os.getpid())
     print(f"job {job.rec['id']} for project {job.rec['project']} started (pid {os.getpid()})", flush=True)
     try:
-        version = run_job(job)
+        out = run_job(job)
     except BaseException as e:  # noqa: BLE001 - the record must say why, whatever happened
         traceback.print_exc()
         job.update(state="failed", finished=time.time(), error=f"{type(e).__name__}: {e}",
                    progress={**job.rec.get("progress", {}), "stage": "failed"})
         return 1
-    job.update(state="succeeded", finished=time.time(), version=version,
+    job.update(state="succeeded", finished=time.time(), **out,
                progress={**job.rec.get("progress", {}), "stage": "done"})
-    print(f"published version {version}", flush=True)
+    print(f"job done: {out['outcome']} (version {out['version']})", flush=True)
     return 0
 
 

@@ -58,11 +58,13 @@ def fake_ls(monkeypatch):
         monkeypatch.setenv("SAFIRE_TRAIN_STEPS", "3")
         monkeypatch.setenv("SAFIRE_TRAIN_BATCH", "2")
         monkeypatch.setenv("SAFIRE_VAL_FRACTION", "0.34")
+        monkeypatch.setenv("SAFIRE_TRAIN_MIN_TASKS", "2")
         yield ls
 
 
 @pytest.mark.slow
-def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_checkpoint, fake_ls):
+def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_checkpoint, fake_ls, monkeypatch):
+    monkeypatch.setenv("SAFIRE_TRAIN_MIN_GAIN", "-1")  # any child counts as better: the publishing path
     registry = ModelRegistry(tmp_path / "models", base_checkpoint, poll_seconds=0)
     jobs = JobManager(registry)
     assert registry.get("1").version == "micro-base"
@@ -82,8 +84,67 @@ def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_
     assert man["parent_version"] == "micro-base"
     assert man["data"]["samples"] == 6 and man["data"]["splits"] == {"train": 4, "val": 2}
     assert set(man["metrics"]["before"]) >= {"miou_auto", "ari_auto"} and man["metrics"]["after"]
+    assert man["status"] == "published" and man["decision"]["outcome"] == "published"
+    # the job record carries the decision and the before/after numbers
+    assert done["outcome"] == "published" and done["decision"]["val_images"] == 2
+    assert done["metrics"]["before"]["miou_auto"] == done["decision"]["before"]
+    assert done["metrics"]["after"]["miou_auto"] == done["decision"]["after"]
+    assert registry.versions("1")["versions"][0]["status"] == "current"
     # Other projects still use the base model.
     assert registry.get("2").version == "micro-base"
+
+
+@pytest.mark.slow
+def test_a_child_that_is_not_better_is_kept_as_a_candidate(tmp_path, base_checkpoint, fake_ls, monkeypatch):
+    """No child can beat its parent by more than 1.0 pmIoU: it must not replace the serving version."""
+    monkeypatch.setenv("SAFIRE_TRAIN_MIN_GAIN", "1.0")
+    registry = ModelRegistry(tmp_path / "models", base_checkpoint, poll_seconds=0)
+    jobs = JobManager(registry)
+    jobs.submit("1")
+    done = jobs.wait("1", timeout=240)
+    assert done["state"] == "succeeded", open(done["log"]).read()[-3000:]
+    assert done["outcome"] == "candidate" and "kept as a candidate" in done["decision"]["reason"]
+    assert done["decision"]["before"] is not None and done["decision"]["after"] is not None
+    assert jobs.current_version("1") is None and registry.get("1").version == "micro-base"
+    listed = registry.versions("1")
+    assert listed["current"] == "micro-base"
+    (cand,) = listed["versions"]
+    assert cand["version"] == done["version"] and cand["status"] == "candidate"
+    assert cand["decision"]["outcome"] == "candidate" and cand["metrics"]["after"]
+
+
+@pytest.mark.slow
+def test_too_few_annotations_train_nothing_and_say_so(tmp_path, base_checkpoint, fake_ls, monkeypatch):
+    monkeypatch.setenv("SAFIRE_TRAIN_MIN_TASKS", "10")  # the project has 6 annotated tasks
+    registry = ModelRegistry(tmp_path / "models", base_checkpoint, poll_seconds=0)
+    jobs = JobManager(registry)
+    jobs.submit("1")
+    done = jobs.wait("1", timeout=120)
+    assert done["state"] == "succeeded" and done["outcome"] == "not_enough_data"
+    assert "only 6 usable annotated task(s)" in done["decision"]["reason"] and done["version"] is None
+    assert registry.versions("1")["versions"] == [] and registry.get("1").version == "micro-base"
+
+
+@pytest.mark.parametrize("before,after,min_gain,outcome", [
+    (0.60, 0.50, 0.0, "candidate"),   # worse child
+    (0.60, 0.60, 0.0, "candidate"),   # a tie is not better
+    (0.60, 0.62, 0.05, "candidate"),  # better, but not by the required margin
+    (0.60, 0.70, 0.05, "published"),
+])
+def test_decide_promotes_only_a_better_child(before, after, min_gain, outcome):
+    from ml_backend.retrain import decide
+
+    d = decide({"miou_auto": before, "count": 10}, {"miou_auto": after, "count": 10}, min_gain)
+    assert d.outcome == outcome and d.val_images == 10
+    assert d.gain == pytest.approx(after - before, abs=1e-4)
+    assert f"{before:.3f} -> {after:.3f}" in d.reason
+
+
+def test_decide_without_validation_keeps_a_candidate():
+    from ml_backend.retrain import decide, too_few
+
+    assert decide({}, {}).outcome == "candidate"
+    assert too_few(9, 10).outcome == "not_enough_data" and too_few(10, 10) is None
 
 
 @pytest.mark.slow

@@ -66,6 +66,7 @@ from scipy import ndimage
 from skimage import draw, segmentation
 
 from training.photos import Photo, PhotoPool
+from training.synth_fill import plan_fill, render_fill
 
 __all__ = [
     "Sample",
@@ -75,6 +76,8 @@ __all__ = [
     "write_dataset",
     "main",
     "MANIPULATIONS",
+    "HELD_OUT_MANIPULATIONS",
+    "parse_manipulations",
     "OBJECT_SHARE",
     "SOCIAL_MAX_SIDE",
     "SYNTH_VERSION",
@@ -99,7 +102,12 @@ MANIPULATIONS: Dict[str, float] = {
     "removal": 0.16,
     "generative": 0.20,
     "retouch": 0.12,
+    # held out of every default recipe on purpose (probability 0): the family that
+    # benchmarks/bench_retrain.py teaches by retraining (training/synth_fill.py)
+    "exemplar-fill": 0.0,
 }
+#: Kinds no default recipe generates (weight 0 above); ask for them with ``manipulations``.
+HELD_OUT_MANIPULATIONS = ("exemplar-fill",)
 SHAPES = ("polygon", "ellipse", "blob", "rectangle")
 #: Share of object-shaped regions per manipulation: (photo cut-out alpha, host segment); the
 #: rest is geometric :data:`SHAPES`. Without installed cut-outs their share is geometric too.
@@ -109,6 +117,7 @@ OBJECT_SHARE: Dict[str, Tuple[float, float]] = {
     "removal": (0.15, 0.45),
     "generative": (0.10, 0.40),
     "retouch": (0.10, 0.40),
+    "exemplar-fill": (0.15, 0.45),
 }
 #: "social" chain: images whose long side exceeds this are downscaled to it (masks follow).
 SOCIAL_MAX_SIDE = 1600
@@ -1146,6 +1155,11 @@ def _plan_source(rng: np.random.Generator, kind: str, mono: bool, host_trace: Di
             ops.append(_op_jpeg(rng, 60, 95, aligned=False))
         plan.update({"resynth": rs, "ops": ops})
         return plan, _trace([rs] + ops, host_trace)
+    if kind == "exemplar-fill":
+        fill, trace_ops = plan_fill(rng)
+        ops = [_op_jpeg(rng, 70, 95, aligned=False)] if rng.random() < 0.2 else []
+        plan.update({"fill": fill, "ops": ops})
+        return plan, _trace(trace_ops + ops, host_trace)
     if kind == "retouch":
         menu = ["blur", "sharpen", "median", "tone", "noise"]
         picks = rng.choice(menu, size=int(rng.integers(1, 3)), replace=False)
@@ -1418,7 +1432,7 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
     for j, (m, shp, plan, extra) in enumerate(zip(masks, shapes, plans, extras), start=1):
         kind = plan["manipulation"]
         pad = 16
-        if kind == "removal":
+        if kind in ("removal", "exemplar-fill"):
             bb = shp["box"]
             pad = max(16, int(0.25 * max(bb[2] - bb[0], bb[3] - bb[1])))
         rect = _patch_rect(m, pad)
@@ -1462,6 +1476,11 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
             content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
             info.update({"photo": host_photo.name, "resynth": plan["resynth"],
                          "history": plan["ops"]})
+        elif kind == "exemplar-fill":
+            guide = _pushpull_fill(comp[y0:y1, x0:x1], sub)
+            content = render_fill(comp, rect, sub, plan["fill"], guide)
+            content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
+            info.update({"photo": host_photo.name, "fill": plan["fill"], "history": plan["ops"]})
         else:  # retouch
             content = _apply_ops(comp[y0:y1, x0:x1].copy(), plan["ops"], rng, (y0, x0), mono)
             info.update({"photo": host_photo.name, "history": plan["ops"]})
@@ -1590,12 +1609,12 @@ def _worker_init(split: str) -> None:
     _WORKER["pool"] = PhotoPool.load(split)
 
 
-def _job(args: Tuple[int, int, int, Tuple[int, int], str, str, int]) -> Dict[str, Any]:
-    index, seed, k, size_range, split, out, png_level = args
+def _job(args: Tuple[Any, ...]) -> Dict[str, Any]:
+    index, seed, k, size_range, split, out, png_level, manipulations = args
     pool = _WORKER.get("pool")
     if pool is None or pool.split != split:
         pool = _WORKER["pool"] = PhotoPool.load(split)
-    s = generate_sample(index, seed, k, pool, size_range, split=split)
+    s = generate_sample(index, seed, k, pool, size_range, split=split, manipulations=manipulations)
     return write_sample(s, out, png_level)
 
 
@@ -1606,8 +1625,18 @@ def write_dataset(out: str, n: int, *, seed: int = 0, sources: Tuple[int, int] =
                   authentic_fraction: Optional[float] = None, split: str = "train",
                   size_range: Tuple[int, int] = (256, 512), workers: int = 1,
                   start_index: int = 0, png_level: int = 1, overwrite: bool = False,
-                  progress: bool = True) -> Dict[str, Any]:
-    """Generate ``n`` samples (indices ``start_index ..``) into ``out``; returns the manifest."""
+                  progress: bool = True, manipulations: Optional[Dict[str, float]] = None
+                  ) -> Dict[str, Any]:
+    """Generate ``n`` samples (indices ``start_index ..``) into ``out``; returns the manifest.
+
+    ``manipulations``: probabilities of the foreign kinds (default :data:`MANIPULATIONS`, which
+    never generates :data:`HELD_OUT_MANIPULATIONS`).
+    """
+    if manipulations is not None:
+        unknown = sorted(set(manipulations) - set(MANIPULATIONS))
+        if unknown or not any(v > 0 for v in manipulations.values()):
+            raise ValueError(f"manipulations need known kinds ({', '.join(MANIPULATIONS)}) "
+                             f"and one positive weight; got {manipulations}")
     lo, hi = sources
     if not 1 <= lo <= hi <= 5:
         raise ValueError("sources must satisfy 1 <= min <= max <= 5")
@@ -1623,7 +1652,7 @@ def write_dataset(out: str, n: int, *, seed: int = 0, sources: Tuple[int, int] =
                 if fn.startswith("syn_"):
                     os.remove(os.path.join(out, d, fn))
     jobs = [(i, seed, choose_num_sources(seed, i, lo, hi, authentic_fraction),
-             tuple(size_range), split, out, png_level)
+             tuple(size_range), split, out, png_level, manipulations)
             for i in range(start_index, start_index + n)]
     t0 = time.time()
     records: List[Dict[str, Any]] = []
@@ -1685,6 +1714,7 @@ def write_dataset(out: str, n: int, *, seed: int = 0, sources: Tuple[int, int] =
             "name": "training.synth", "version": SYNTH_VERSION, "seed": seed,
             "split": split, "sources": [lo, hi], "authentic_fraction": authentic_fraction,
             "size_range": list(size_range), "start_index": start_index,
+            "manipulations": dict(MANIPULATIONS if manipulations is None else manipulations),
             "photos": PhotoPool.load(split).names,
         },
         "manipulation_histogram": dict(sorted(manip_hist.items())),
@@ -1693,6 +1723,25 @@ def write_dataset(out: str, n: int, *, seed: int = 0, sources: Tuple[int, int] =
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
+
+
+def parse_manipulations(text: str) -> Dict[str, float]:
+    """``"exemplar-fill=1,splicing=0.5"`` -> ``{"exemplar-fill": 1.0, "splicing": 0.5}``."""
+    out: Dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in MANIPULATIONS:
+            raise argparse.ArgumentTypeError(f"unknown manipulation {name!r} (known: {', '.join(MANIPULATIONS)})")
+        try:
+            out[name] = float(value) if value.strip() else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"weight of {name!r} is not a number: {value!r}") from None
+        if out[name] < 0:
+            raise argparse.ArgumentTypeError(f"weight of {name!r} must be >= 0")
+    if not any(v > 0 for v in out.values()):
+        raise argparse.ArgumentTypeError("give at least one manipulation with a positive weight")
+    return out
 
 
 def _parse_sources(text: str) -> Tuple[int, int]:
@@ -1732,6 +1781,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first sample index (to extend a dataset reproducibly)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a folder that already holds a dataset")
+    p.add_argument("--manipulations", type=parse_manipulations, default=None,
+                   help="foreign manipulation kinds and weights, e.g. 'exemplar-fill=1' (default: the "
+                        "training mix, which never contains the held-out exemplar-fill)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -1745,7 +1797,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.out, args.n, seed=args.seed, sources=args.sources,
             authentic_fraction=args.authentic_fraction, split=args.split,
             size_range=(args.size_min, args.size_max), workers=args.workers,
-            start_index=args.start_index, overwrite=args.overwrite, progress=not args.quiet)
+            start_index=args.start_index, overwrite=args.overwrite, progress=not args.quiet,
+            manipulations=args.manipulations)
     except (FileExistsError, ValueError) as e:
         sys.stderr.write(f"safire synth: error: {e}\n")
         return 2
