@@ -546,13 +546,16 @@ class Backend:
         with self.gate(False):
             res = partition(loaded.predictor, emb, k, out_hw=None if work == orig_hw else work, **tune)
         t1 = time.perf_counter()
-        pred = partition_to_prediction(res, spec, loaded.version, out_hw=orig_hw)
+        pred = partition_to_prediction(res, spec, loaded.version, out_hw=orig_hw,
+                                       prediction_score=self.settings.prediction_score)
         t2 = time.perf_counter()
         self.metrics.stage("partition", t1 - t0)
         self.metrics.stage("encode_rle", t2 - t1)
         task_id = task.get("id")
         extra: Dict[str, Any] = {"kind": "preannotation", "project": project, "task_id": task_id, "image_url": display_url(url),
-                                 "embedding_cached": bool(cached), "work_resolution": list(work)}
+                                 "embedding_cached": bool(cached), "work_resolution": list(work),
+                                 "uncertainty": round(float(res.uncertainty), 6),
+                                 "prediction_score": self.settings.prediction_score}
         if project is not None and isinstance(task_id, int) and not isinstance(task_id, bool) and task_id > 0:
             self.remember_task(project, task_id, url)
             extra["explain_url"] = f"{explain_base or '/'}explain/{project}/{task_id}"

@@ -36,8 +36,9 @@ def preannotate_image(
     extra: Optional[Mapping[str, Any]] = None,
     max_pixels: int = 40_000_000,
     map_bytes: int = 256 * 2**20,
+    prediction_score: str = "forgery",
 ) -> Dict[str, Any]:
-    """The prediction (``{"result", "score", "model_version", "provenance"}``) for one image file.
+    """The prediction (``{"result", "score", "model_version", "uncertainty", "provenance"}``) for one image file.
 
     Args:
         model: a :class:`safire.modeling.Safire` (``safire.build_safire(...)``).
@@ -49,6 +50,8 @@ def preannotate_image(
             without ``safire_sources`` use two sources with the authentic gate, like the backend).
         seed: clustering seed. weights_path: the weights file, if not ``model.meta["checkpoint"]``.
         extra: added to the record (e.g. ``{"project": "3", "task_id": 41}``).
+        prediction_score: what ``score`` holds, ``"forgery"`` or ``"uncertainty"``
+            (``SAFIRE_PREDICTION_SCORE``; :func:`ml_backend.predictions.partition_to_prediction`).
     """
     from safire.partition import calibrated_defaults, partition
     from safire.predictor import SafirePredictor
@@ -72,7 +75,7 @@ def preannotate_image(
     res = partition(predictor, image, k, out_hw=None if work == orig_hw else work, **tune)
     del image
     t2 = time.perf_counter()
-    pred = partition_to_prediction(res, spec, version, out_hw=orig_hw)
+    pred = partition_to_prediction(res, spec, version, out_hw=orig_hw, prediction_score=prediction_score)
     t3 = time.perf_counter()
     timings = {"decode": t1 - t0, **{f"partition_{a}": b for a, b in res.timings.items() if a != "total"},
                "partition": t2 - t1, "rle": t3 - t2, "total": t3 - t0}
@@ -81,5 +84,6 @@ def preannotate_image(
         grid=tune["grid_size"], seed=tune["seed"],
         partition_settings={**calibrated_defaults(model), **{a: b for a, b in tune.items() if a not in ("grid_size", "seed")}},
         score=res.score, timings=timings, model_version=version, weights_path=weights_path, exif_transpose=True,
-        extra={"kind": "preannotation", "work_resolution": list(work), **dict(extra or {})})
+        extra={"kind": "preannotation", "work_resolution": list(work), "uncertainty": round(float(res.uncertainty), 6),
+               "prediction_score": prediction_score, **dict(extra or {})})
     return attach_provenance(pred, record, spec)

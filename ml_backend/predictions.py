@@ -20,7 +20,12 @@ region's mask is scaled to the original size by nearest neighbour only when it i
 (``out_hw``), one region at a time. A region's ``score`` is the **mean probability of its label over its
 pixels** (for a merged label, the summed probability of its sources; in binary mode
 ``1 - p(host)``). The prediction's ``score`` is the image-level forgery score of the partition
-(0 = authentic, 1 = forged), so Label Studio can sort tasks by it.
+(0 = authentic, 1 = forged), so Label Studio can sort tasks by it; with
+``prediction_score="uncertainty"`` (``SAFIRE_PREDICTION_SCORE``) it is the partition's
+uncertainty instead (:func:`safire.partition.partition_uncertainty`; 1 = the model is unsure), so
+the Data Manager's Prediction score column puts the tasks worth labelling next first. Every
+pre-annotation also carries the uncertainty as an extra top-level ``uncertainty`` key (Label
+Studio ignores it; API callers and the bulk pre-annotation's offline output see it).
 
 Provenance (:func:`attach_provenance`, :func:`find_provenance`; ``docs/provenance.md``): a
 prediction carries its :mod:`safire.provenance` record three ways, because Label Studio keeps only
@@ -55,6 +60,7 @@ import numpy as np
 
 from .label_config import LabelConfigSpec
 from .rle import clean_mask, encode_rle
+from .settings import PREDICTION_SCORES
 
 __all__ = [
     "PROVENANCE_KEY",
@@ -139,7 +145,8 @@ def upsample_nearest(mask: np.ndarray, out_hw: Tuple[int, int]) -> np.ndarray:
 
 def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: str, *,
                             min_area: Optional[float] = None, include_host: bool = True,
-                            out_hw: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+                            out_hw: Optional[Tuple[int, int]] = None,
+                            prediction_score: str = "forgery") -> Dict[str, Any]:
     """Label Studio prediction for a partition (see the module docstring for the rules).
 
     Args:
@@ -151,15 +158,24 @@ def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: s
         include_host: multi mode, emit the host's region too (default True).
         out_hw: the original image size (H, W) when ``result`` is at a working resolution; masks
             are cleaned at the result's resolution and scaled up (nearest) for encoding.
+        prediction_score: what the prediction's ``score`` holds: ``"forgery"`` (``result.score``)
+            or ``"uncertainty"`` (``result.uncertainty``). The prediction has an ``uncertainty``
+            key whenever ``result`` has one.
     """
+    if prediction_score not in PREDICTION_SCORES:
+        raise ValueError(f"prediction_score must be one of {', '.join(PREDICTION_SCORES)}, got {prediction_score!r}")
     labels = np.asarray(result.labels)
     probs = np.asarray(result.probs, dtype=np.float32)
     k = int(result.num_sources)
-    score = float(np.clip(result.score, 0.0, 1.0))
+    u = getattr(result, "uncertainty", None)
+    if u is None and prediction_score == "uncertainty":
+        raise ValueError("prediction_score='uncertainty' needs a partition with an uncertainty")
+    extra: Dict[str, Any] = {} if u is None else {"uncertainty": round(float(np.clip(u, 0.0, 1.0)), 6)}
+    score = float(np.clip(result.score if prediction_score == "forgery" else u, 0.0, 1.0))
     if labels.ndim != 2:
         raise ValueError(f"partition labels must be HxW, got shape {labels.shape}")
     if k <= 1 and (spec.mode == "binary" or not include_host):
-        return empty_prediction(model_version, score)
+        return empty_prediction(model_version, score, **extra)
     area = _min_area(spec, min_area)
     regions: List[Dict[str, Any]] = []
     if spec.mode == "binary":
@@ -171,7 +187,7 @@ def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: s
             del p_forged, raw
             regions.append(brush_region(upsample_nearest(mask, out_hw) if out_hw else mask,
                                         spec.forged_label or spec.brush_labels[0], spec, score_))
-        return {"result": regions, "score": score, "model_version": str(model_version)}
+        return {"result": regions, "score": score, "model_version": str(model_version), **extra}
 
     names = source_labels(spec, k)
     for label in dict.fromkeys(names):  # host first, then config order
@@ -186,7 +202,7 @@ def partition_to_prediction(result: Any, spec: LabelConfigSpec, model_version: s
         score_ = float(p[mask].mean())
         del p, raw
         regions.append(brush_region(upsample_nearest(mask, out_hw) if out_hw else mask, label, spec, score_))
-    return {"result": regions, "score": score, "model_version": str(model_version)}
+    return {"result": regions, "score": score, "model_version": str(model_version), **extra}
 
 
 # ------------------------------------------------------------------------------------------------

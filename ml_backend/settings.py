@@ -190,6 +190,18 @@ def _trainable(raw: str) -> str:
     return "+".join(parts)
 
 
+#: What a pre-annotation's ``score`` holds (``SAFIRE_PREDICTION_SCORE``).
+PREDICTION_SCORES = ("forgery", "uncertainty")
+
+
+def _prediction_score(raw: str) -> str:
+    v = raw.strip().lower()
+    if v not in PREDICTION_SCORES:
+        raise ValueError('expected "forgery" (the image-level forgery score) or "uncertainty" '
+                         "(how unsure the model is of its answer)")
+    return v
+
+
 def _log_level(raw: str) -> str:
     v = raw.strip().upper()
     if v not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -287,6 +299,11 @@ SETTINGS: Tuple[Spec, ...] = (
          "masks take g x g x 256 KiB with the official weights).", group="Prediction"),
     Spec("seed", "SAFIRE_SEED", "0", _int_range(0), "Seed of the partition's clustering.",
          group="Prediction"),
+    Spec("prediction_score", "SAFIRE_PREDICTION_SCORE", "forgery", _prediction_score,
+         "What a pre-annotation's `score` (the Data Manager's Prediction score column) holds: `forgery` "
+         "(image-level forgery score) or `uncertainty` (high: the model is unsure, label it next). "
+         "The provenance record keeps both; the answer to `/predict` also has an `uncertainty` key.",
+         group="Prediction"),
     # -- training
     Spec("start_training_each_n_updates", "START_TRAINING_EACH_N_UPDATES", "0", _int_range(0),
          "Start a fine-tuning job after every N created/updated annotations of a project (0: only "
@@ -382,6 +399,7 @@ class Settings:
     train_lr: float = 1e-4
     train_threads: int = 1
     val_fraction: float = 0.2
+    prediction_score: str = "forgery"
     max_jobs: int = 1
     host: str = "127.0.0.1"
     port: int = 9090

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 model=model, image_bytes=data, image_size=image.shape[:2], sources_requested=sources,
                 sources_found=res.num_sources, grid=args.grid, seed=args.seed,
                 partition_settings=calibrated_defaults(model), score=res.score, timings=timings,
-                extra={"kind": "predict", "image_file": path.name})
+                extra={"kind": "predict", "image_file": path.name, "uncertainty": round(float(res.uncertainty), 6)})
             del data
             save_png(f"{stem}.heatmap.png", heatmap_to_uint8(res.heatmap))
             save_png(f"{stem}.sources.png", res.labels.astype("uint8"))
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 "height": int(image.shape[0]),
                 "num_sources": int(res.num_sources),
                 "score": round(float(res.score), 6),
+                "uncertainty": round(float(res.uncertainty), 6),
                 "areas": [round(float(a), 6) for a in res.areas],
                 "confidences": [round(float(c), 6) for c in res.confidences],
                 "model_version": model.meta.get("model_version"),

@@ -23,6 +23,18 @@ the two winners of a seeded 2-means split, ``mean_pixels(p_a (1 - p_b) + p_b (1 
 winners' mask probabilities at low resolution. On an authentic image every prompt returns (nearly)
 the whole image, so any two winners coincide and the score is near 0; on a forged image the two
 winners are a source and its complement, and the score is near 1 whatever the forged area.
+
+Uncertainty (``PartitionResult.uncertainty``, :func:`partition_uncertainty`): how much the model's
+own grid disagrees with the answer it gave, from what the grid decode already holds (no extra model
+pass), in [0, 1]; high means "label this image next". ``1 - (1 - D) (1 - M)``: high when either
+
+* D, the *prompt disagreement*: ``1 - mean IoU`` of every prompt's binarised mask with the winner
+  of its source (the mean over prompts weights each source by its number of prompts); and
+* M, the *decision margin* term: ``1 -`` the distance of the image score from
+  ``single_source_threshold``, as a fraction of the room on that side,
+
+is high. An authentic image whose prompts all return the whole image, and a forged image whose
+prompts each return their own source cleanly, with a score far from the threshold, are near 0.
 """
 
 from __future__ import annotations
@@ -67,6 +79,11 @@ class PartitionResult:
     winners: K int, grid index of each source's winning prompt.
     grid_labels: N int, cluster of each grid prompt (-1: empty mask), in output source order where
         the cluster survived, else -1.
+    uncertainty: float in [0, 1], ``1 - (1 - disagreement) (1 - margin term)`` (module docstring,
+        :func:`partition_uncertainty`): 0 = the grid agrees with the answer and the score is far
+        from the single-source threshold; 1 = the prompts contradict the answer or the score sits
+        on the threshold.
+    disagreement: float in [0, 1], its prompt-disagreement part (:func:`prompt_disagreement`).
     timings: seconds per stage.
     """
 
@@ -79,6 +96,8 @@ class PartitionResult:
     score: float
     winners: np.ndarray
     grid_labels: np.ndarray
+    uncertainty: float
+    disagreement: float
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -220,6 +239,77 @@ def complementarity(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
     return float((pa * (1 - pb) + pb * (1 - pa)).mean())
 
 
+#: Side (pixels) the grid masks are binarised at for :func:`prompt_disagreement`, at most.
+DISAGREEMENT_SIZE = 64
+
+
+def prompt_disagreement(logits: torch.Tensor, cluster_of: np.ndarray, winners: np.ndarray,
+                        crop: Optional[Tuple[int, int]] = None, size: int = DISAGREEMENT_SIZE) -> float:
+    """How much the grid prompts disagree with the winners of their sources, in [0, 1].
+
+    Args:
+        logits: Nxmxm' low-res grid logits (the decoder's masks of the N prompts).
+        cluster_of: N int, source of each prompt (index into ``winners``; -1: empty mask, or a
+            source the answer dropped).
+        winners: K int, grid index of each source's winning prompt.
+        crop: (rows, cols) of the logits that cover the image (native grids are padded); None: all.
+        size: masks are binarised (logit > 0) after a bilinear resize to at most ``size`` pixels
+            per side (the resolution automatic clustering compares masks at).
+    Returns:
+        ``1 - mean_i IoU(mask_i, mask_winner(i))`` over the prompts with a non-empty mask, where
+        winner(i) is the winner of i's source, or, for a prompt whose source was dropped, the
+        winner its mask overlaps most. The mean over prompts weights each source by its number of
+        prompts. 0 when every prompt returns exactly its winner's mask; 1 when no prompt has a
+        mask or none overlaps a winner. One O(N K m^2 / s^2) matrix product; no model pass.
+    """
+    cluster_of = np.asarray(cluster_of, dtype=np.int64)
+    winners = np.asarray(winners, dtype=np.int64)
+    lo = logits if crop is None else logits[:, : crop[0], : crop[1]]
+    if lo.shape[0] == 0 or len(winners) == 0:
+        return 1.0
+    h, w = lo.shape[-2:]
+    f = min(1.0, size / max(h, w))
+    out = (max(1, round(h * f)), max(1, round(w * f)))
+    if out != (h, w):
+        lo = F.interpolate(lo[:, None].float(), size=out, mode="bilinear", align_corners=False)[:, 0]
+    masks = (lo > 0).reshape(lo.shape[0], -1).float()  # N x P
+    area = masks.sum(1)
+    members = np.flatnonzero(area.cpu().numpy() > 0)
+    if len(members) == 0:
+        return 1.0
+    win = masks[torch.from_numpy(winners)]  # K x P
+    inter = masks[torch.from_numpy(members)] @ win.T  # n x K
+    union = area[torch.from_numpy(members)][:, None] + win.sum(1)[None, :] - inter
+    iou = (inter / union.clamp(min=1)).cpu().numpy().astype(np.float64)
+    # the source of each prompt -> its winner's position in ``winners`` (robust to empty clusters)
+    pos = {int(cluster_of[wi]): j for j, wi in enumerate(winners) if cluster_of[wi] >= 0}
+    own = np.array([pos.get(int(c), -1) for c in cluster_of[members]], dtype=np.int64)
+    agree = np.where(own >= 0, iou[np.arange(len(members)), np.maximum(own, 0)], iou.max(1))
+    return float(np.clip(1.0 - agree.mean(), 0.0, 1.0))
+
+
+def margin_uncertainty(score: float, threshold: float) -> float:
+    """``1 -`` the image score's distance from the single-source threshold, scaled to [0, 1].
+
+    ``1 - (s - t) / (1 - t)`` above the threshold, ``1 - (t - s) / t`` below it: 1 at ``s = t``,
+    0 at ``s = 0`` or ``s = 1`` (the threshold is clipped to [0.01, 0.99]).
+    """
+    s = float(np.clip(score, 0.0, 1.0))
+    t = float(np.clip(threshold, 0.01, 0.99))
+    room = (1.0 - t) if s >= t else t
+    return float(np.clip(1.0 - abs(s - t) / room, 0.0, 1.0))
+
+
+def partition_uncertainty(disagreement: float, score: float, threshold: float) -> float:
+    """``1 - (1 - D) (1 - M)``: D = :func:`prompt_disagreement`, M = :func:`margin_uncertainty`.
+
+    In [0, 1]; low only when the prompts agree with the answer *and* the score is far from the
+    threshold (either signal alone makes it high).
+    """
+    d = float(np.clip(disagreement, 0.0, 1.0))
+    return float(1.0 - (1.0 - d) * (1.0 - margin_uncertainty(score, threshold)))
+
+
 def partition_from_grid(
     grid: GridOutput,
     embedding: torch.Tensor,
@@ -247,6 +337,9 @@ def partition_from_grid(
         gate_authentic: with a fixed K, an image whose score is below ``single_source_threshold``
             is one source (authentic) instead of K; e.g. the binary path: K = 2 plus this gate.
         min_area: auto mode drops sources whose winner mask covers less than this image fraction.
+
+    The result's ``uncertainty`` (and ``disagreement``) is measured on the final sources, before
+    sources without pixels are dropped by :func:`combine_winners` (module docstring).
     """
     t0 = time.perf_counter()
     timings: Dict[str, float] = {}
@@ -318,6 +411,14 @@ def partition_from_grid(
             winners = winners[keep]
     timings["cluster"] = time.perf_counter() - t1
 
+    t3 = time.perf_counter()
+    crop = None
+    if grid.native is not None:
+        crop = (4 * grid.native.cells[0], 4 * grid.native.cells[1])  # stride-4 logits of the pooled cells
+    disagreement = prompt_disagreement(logits, cluster_of, winners, crop)
+    uncertainty = partition_uncertainty(disagreement, score, single_source_threshold)
+    timings["uncertainty"] = time.perf_counter() - t3
+
     t2 = time.perf_counter()
     if grid.native is not None:
         nat = grid.native
@@ -331,7 +432,8 @@ def partition_from_grid(
     inverse[order] = np.arange(len(order))
     grid_labels = np.where(cluster_of >= 0, inverse[np.maximum(cluster_of, 0)], -1)
     timings["combine"] = time.perf_counter() - t2
-    return PartitionResult(score=score, grid_labels=grid_labels, timings=timings, **result)
+    return PartitionResult(score=score, grid_labels=grid_labels, uncertainty=uncertainty,
+                           disagreement=disagreement, timings=timings, **result)
 
 
 def combine_winners(logits: torch.Tensor, winners: np.ndarray, scores: np.ndarray, out_hw: Tuple[int, int],

@@ -261,6 +261,23 @@ def test_batch_preannotation_fixture(client):
             assert 0 < region["score"] <= 1
 
 
+def test_prediction_score_setting_switches_what_label_studio_sorts_by(make_client):
+    """SAFIRE_PREDICTION_SCORE=uncertainty: the stored ``score`` is the uncertainty; the forgery
+    score stays in the provenance record, and every pre-annotation has ``uncertainty``."""
+    forgery = make_client().post("/predict", json=predict_body(BATCH)).json["results"]
+    unsure = make_client(SAFIRE_PREDICTION_SCORE="uncertainty").post("/predict", json=predict_body(BATCH)).json["results"]
+    assert len(forgery) == len(unsure) == 2
+    for f, u in zip(forgery, unsure):
+        assert "error" not in f and "error" not in u
+        assert 0 <= f["uncertainty"] <= 1 and u["uncertainty"] == pytest.approx(f["uncertainty"])
+        assert f["score"] == pytest.approx(f["provenance"]["score"])
+        assert u["score"] == pytest.approx(u["uncertainty"])
+        assert u["provenance"]["score"] == pytest.approx(f["provenance"]["score"])
+        assert u["provenance"]["uncertainty"] == pytest.approx(u["uncertainty"])
+        assert (f["provenance"]["prediction_score"], u["provenance"]["prediction_score"]) == ("forgery", "uncertainty")
+    assert any(abs(f["score"] - f["uncertainty"]) > 1e-3 for f in forgery), "the two scores must differ to tell them apart"
+
+
 def test_one_bad_task_in_three_gives_one_empty_prediction(client, caplog):
     config = MULTI.replace('safire_sources="auto"', 'safire_sources="2"')
     tasks = [{"id": 11, "data": {"image": "/data/upload/1/df4da783-test1.png"}},

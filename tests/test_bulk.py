@@ -102,6 +102,7 @@ def test_bulk_predictions_equal_the_backends_answer(export, tmp_path, settings):
         a, b = _masks(mine["predictions"][0]), _masks(theirs)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         assert mine["predictions"][0]["score"] == pytest.approx(theirs["score"])
+        assert 0 <= theirs["uncertainty"] <= 1 and mine["predictions"][0]["uncertainty"] == pytest.approx(theirs["uncertainty"])
         assert mine["predictions"][0]["model_version"] == theirs["model_version"]
         # the provenance record the backend attaches is there too
         meta = mine["predictions"][0]["result"][0]["meta"]["safire_provenance"]
