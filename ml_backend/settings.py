@@ -392,6 +392,7 @@ class Settings:
     grid: int = 16
     max_grid: int = 32
     seed: int = 0
+    prediction_score: str = "forgery"
     start_training_each_n_updates: int = 0
     train_steps: int = 300
     train_batch: int = 4
@@ -399,7 +400,6 @@ class Settings:
     train_lr: float = 1e-4
     train_threads: int = 1
     val_fraction: float = 0.2
-    prediction_score: str = "forgery"
     max_jobs: int = 1
     host: str = "127.0.0.1"
     port: int = 9090
