@@ -111,7 +111,7 @@ EXPLAIN_PANEL_PIXELS = 24_000_000  # a side-by-side panel above this is scaled d
 _EXPLAIN_VIEWS = ("panel", "heatmap", "sources", "overlay")
 _WEBHOOK_ACTIONS = ("START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 _JOB_FIELDS = ("id", "kind", "project", "reason", "state", "created", "started", "finished", "progress", "error",
-               "version", "parent_version", "already_running")
+               "version", "parent_version", "already_running", "outcome", "decision", "metrics", "data")
 SETUP_LOAD_WAIT = 1.5  # seconds /setup waits for a newly published version to load (then: background)
 
 

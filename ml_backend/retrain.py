@@ -11,7 +11,7 @@ Stages (each reported in the job record's ``progress``):
 4. evaluate the new model on the same validation split;
 5. decide (:func:`decide`) and publish ``MODEL_DIR/<project>/<version>/`` atomically with a
    manifest (metrics before/after, the decision, data counts, parent version, training config,
-   timings). Only a child whose validation pmIoU (automatic sources, what pre-annotations give)
+   timings). Only a child whose validation pmIoU (K given, :data:`PROMOTION_METRIC`)
    beats its parent's by more than ``SAFIRE_TRAIN_MIN_GAIN`` becomes current (``outcome:
    published``); any other is kept as a ``candidate`` that ``GET /versions`` lists with the reason,
    and the serving version stays. With fewer than ``SAFIRE_TRAIN_MIN_TASKS`` usable annotated tasks
@@ -62,9 +62,11 @@ def _summary(metrics: Dict[str, float]) -> Dict[str, float]:
     return {k: round(float(v), 4) for k, v in metrics.items() if k in keep}
 
 
-#: The validation metric that decides promotion: mean permuted mIoU with the automatic number of
-#: sources over the validation images (authentic ones included), i.e. what pre-annotations give.
-PROMOTION_METRIC = "miou_auto"
+#: The validation metric that decides promotion: mean permuted mIoU with the annotated number of
+#: sources (K given) over the validation images. It measures the quality of the source masks
+#: (what clicks and pre-annotations are made of) without the automatic source count, whose
+#: thresholds a child inherits from its parent and which ties parent and child on small splits.
+PROMOTION_METRIC = "miou_k"
 
 
 @dataclass
@@ -164,7 +166,10 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
                               val_fraction=float(train_cfg.get("val_fraction", 0.2)), seed=0,
                               log=lambda s: print(s, flush=True), max_pixels=client.max_pixels)
     counts = {"tasks": manifest.total, "samples": manifest.count, "skipped": len(manifest.skipped),
-              "splits": dict(manifest.splits), "num_sources": manifest.num_sources_histogram}
+              "splits": dict(manifest.splits), "num_sources": manifest.num_sources_histogram,
+              # Label Studio ids of the tasks held out to validate (never trained on)
+              "val_tasks": sorted(int(x["task_id"]) for x in manifest.samples if x.get("split") == "val"
+                                  and str(x.get("task_id", "")).isdigit())}
     job.progress(stage="exported", data=counts)
     print(f"exported {counts}", flush=True)
     if manifest.count == 0:

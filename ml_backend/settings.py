@@ -321,6 +321,13 @@ SETTINGS: Tuple[Spec, ...] = (
     Spec("val_fraction", "SAFIRE_VAL_FRACTION", "0.2", _float_range(0, 0.9),
          "Fraction of annotated tasks held out to validate a fine-tuned version before publishing it.",
          group="Training"),
+    Spec("train_min_tasks", "SAFIRE_TRAIN_MIN_TASKS", "10", _int_range(2),
+         "Fewest usable annotated tasks a fine-tuning job trains on; below it the job records that "
+         "there are too few annotations and publishes nothing.", group="Training"),
+    Spec("train_min_gain", "SAFIRE_TRAIN_MIN_GAIN", "0.0", _float_range(-1, 1),
+         "A fine-tuned version is served only if its validation pmIoU (K given) beats its "
+         "parent's by more than this; otherwise it is kept as a candidate (`GET /versions`).",
+         group="Training"),
     Spec("max_jobs", "SAFIRE_MAX_JOBS", "1", _int_range(1, 64),
          "Retraining jobs running at once over all projects (one per project at most); a Start Training "
          "above it gets HTTP 429.", group="Training"),
@@ -400,6 +407,8 @@ class Settings:
     train_lr: float = 1e-4
     train_threads: int = 1
     val_fraction: float = 0.2
+    train_min_tasks: int = 10
+    train_min_gain: float = 0.0
     max_jobs: int = 1
     host: str = "127.0.0.1"
     port: int = 9090

@@ -87,8 +87,9 @@ def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_
     assert man["status"] == "published" and man["decision"]["outcome"] == "published"
     # the job record carries the decision and the before/after numbers
     assert done["outcome"] == "published" and done["decision"]["val_images"] == 2
-    assert done["metrics"]["before"]["miou_auto"] == done["decision"]["before"]
-    assert done["metrics"]["after"]["miou_auto"] == done["decision"]["after"]
+    assert len(done["data"]["val_tasks"]) == 2 and set(done["data"]["val_tasks"]) <= set(range(6))
+    assert done["metrics"]["before"]["miou_k"] == done["decision"]["before"]
+    assert done["metrics"]["after"]["miou_k"] == done["decision"]["after"]
     assert registry.versions("1")["versions"][0]["status"] == "current"
     # Other projects still use the base model.
     assert registry.get("2").version == "micro-base"
@@ -134,7 +135,7 @@ def test_too_few_annotations_train_nothing_and_say_so(tmp_path, base_checkpoint,
 def test_decide_promotes_only_a_better_child(before, after, min_gain, outcome):
     from ml_backend.retrain import decide
 
-    d = decide({"miou_auto": before, "count": 10}, {"miou_auto": after, "count": 10}, min_gain)
+    d = decide({"miou_k": before, "count": 10}, {"miou_k": after, "count": 10}, min_gain)
     assert d.outcome == outcome and d.val_images == 10
     assert d.gain == pytest.approx(after - before, abs=1e-4)
     assert f"{before:.3f} -> {after:.3f}" in d.reason

@@ -115,11 +115,20 @@ def dist_init(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+#: Parameter prefixes of the native encoder that ``adapter+decoder`` trains: the forensic front end
+#: (constrained convolution) and the convolutional stages to stride 8, where camera and JPEG traces
+#: are read (about 150 k parameters).
+NATIVE_ADAPTER = ("front.", "patch4.", "norm4.", "down8.", "norm8.", "block8.")
+
+
 def set_trainable(model: Safire, mode: str) -> List[torch.nn.Parameter]:
     """Freeze per ``mode`` and return the trainable parameters.
 
     - ``all``: encoder, adapter and decoder (from-scratch training);
     - ``adapter+decoder``: the paper's stage 2 (ViT backbone, neck, patch/pos embeddings frozen);
+      in the ``native`` encoder, whose forensic front end plays the adapter's part, the trainable
+      "adapter" is that front end and the convolutional stages up to stride 8 (:data:`NATIVE_ADAPTER`)
+      and the windowed-attention blocks and neck stay frozen;
     - ``decoder``: the official code's effective stage 2 (only the mask decoder).
     The prompt encoder's box and mask parts and the unused multimask tokens are always frozen.
     """
@@ -128,7 +137,8 @@ def set_trainable(model: Safire, mode: str) -> List[torch.nn.Parameter]:
     for name, p in model.named_parameters():
         if name.startswith("image_encoder."):
             local = name[len("image_encoder."):]
-            p.requires_grad_(mode == "all" or (mode == "adapter+decoder" and local.startswith(("adaptor", "hfp_"))))
+            p.requires_grad_(mode == "all" or (mode == "adapter+decoder"
+                                               and local.startswith(("adaptor", "hfp_") + NATIVE_ADAPTER)))
         elif name.startswith("prompt_encoder."):
             p.requires_grad_(mode == "all" and name.startswith(("prompt_encoder.point_embeddings.0", "prompt_encoder.point_embeddings.1", "prompt_encoder.not_a_point_embed")))
         else:

@@ -493,6 +493,11 @@ def test_annotations_train_and_new_version(stack, projects, annotated_multi):
     assert new and new != old
     data = job["progress"]["data"]
     assert data["tasks"] == n and data["samples"] == n, data
+    # the record says what it decided and on which numbers (validation tasks, never trained on)
+    val_tasks = job["data"]["val_tasks"]
+    assert job["outcome"] == "published" and job["decision"]["val_images"] == len(val_tasks) >= 1, job
+    assert set(val_tasks) <= set(proj.tasks) and len(val_tasks) == data["splits"]["val"], (val_tasks, data)
+    assert job["metrics"]["before"]["count"] == job["metrics"]["after"]["count"] == len(val_tasks)
     versions = stack.backend.get(f"/versions/{proj.id}")
     assert versions["current"] == new and new in [v["version"] for v in versions["versions"]]
     record("scores", "retraining job", f"{new}: {data}")
@@ -516,6 +521,17 @@ def test_annotations_train_and_new_version(stack, projects, annotated_multi):
     counts = client.get(f"/api/projects/{proj.id}/model-versions")
     assert counts.get(new) == n and counts.get(old) == n, counts
     score_project(proj, maps, "multi after training (train = test images)")
+    # on the tasks the job held out (not trained on): the child against its parent, same images
+    child, parent = [], []
+    for tid in val_tasks:
+        preds = {p["model_version"]: p for p in predictions_of(client, tid)}
+        truth = truth_for(proj.cfg, proj.tasks[tid])
+        child.append(pmiou(maps[tid], truth))
+        parent.append(pmiou(check_prediction(preds[old], proj.tasks[tid], proj, old), truth))
+    record("scores", "multi, held-out validation tasks of the job (pmIoU parent -> child)",
+           f"{np.mean(parent):.3f} -> {np.mean(child):.3f} on {len(val_tasks)} task(s)")
+    # a short fine-tune must not wreck the model on images it did not train on
+    assert np.mean(child) >= np.mean(parent) - 0.15, (parent, child)
 
 
 def _finished_job(stack, pid: int) -> Optional[Dict[str, Any]]:
