@@ -113,6 +113,8 @@ def run_size(n: int, project_dir: Path, model_dir: Path, args) -> Dict[str, Any]
             env["SAFIRE_TRAIN_LR"] = str(args.lr)
         if args.trainable:
             env["SAFIRE_TRAIN_TRAINABLE"] = args.trainable
+        if args.replay is not None:
+            env["SAFIRE_TRAIN_REPLAY"] = str(args.replay)
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -167,6 +169,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=0, help="SAFIRE_TRAIN_STEPS for the job (0: the setting)")
     p.add_argument("--lr", type=float, default=0.0, help="SAFIRE_TRAIN_LR (0: the setting)")
     p.add_argument("--trainable", default="", help="SAFIRE_TRAIN_TRAINABLE ('': the setting)")
+    p.add_argument("--replay", type=float, default=None, help="SAFIRE_TRAIN_REPLAY (default: the setting)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (job and evaluation)")
     p.add_argument("--grid", type=int, default=16, help="evaluation grid")
     p.add_argument("--job-timeout", type=float, default=3600.0)
@@ -239,7 +242,9 @@ def main() -> int:
               f"({g['miou_k'] - pg['miou_k']:+.3f}) | {pg['f1_best']:.3f} -> {g['f1_best']:.3f} |")
     out = {"parent_version": parent_version, "family": FAMILY, "parent": parent, "rows": rows,
            "family_test": len(family), "general_test": len(general), "grid": args.grid,
-           "settings": {"steps": args.steps, "lr": args.lr, "trainable": args.trainable, "threads": args.threads},
+           "settings": {"steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": args.replay,
+                        "threads": args.threads,
+                        "env": {k: v for k, v in os.environ.items() if k.startswith("SAFIRE_TRAIN_")}},
            "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

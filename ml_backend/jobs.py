@@ -240,6 +240,7 @@ class JobManager:
                     "threads": int(_setting(s, "train_threads", "SAFIRE_TRAIN_THREADS", 1)),
                     "min_tasks": int(_setting(s, "train_min_tasks", "SAFIRE_TRAIN_MIN_TASKS", 10)),
                     "min_gain": float(_setting(s, "train_min_gain", "SAFIRE_TRAIN_MIN_GAIN", 0.0)),
+                    "replay": float(_setting(s, "train_replay", "SAFIRE_TRAIN_REPLAY", 0.5)),
                 },
             }
             if kind == "preannotate":

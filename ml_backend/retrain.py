@@ -122,6 +122,28 @@ def decide(before: Dict[str, float], after: Dict[str, float], min_gain: float = 
                     metric, round(b, 4), round(a, 4), round(gain, 4), n)
 
 
+def with_replay(train_set: Any, share: float, seed: int = 0) -> "tuple[Any, int]":
+    """The project's training samples plus generated composites of the default's training recipe.
+
+    ``share`` (``SAFIRE_TRAIN_REPLAY``, 0..0.9) is the fraction of training samples that are
+    *replayed*: synthetic multi-source composites (all manipulation kinds of the default recipe,
+    authentic ones included) of the training photos (``training.synth_reader``; the bundled photos
+    when the pool is not installed), generated once and kept in memory. They remind the model of
+    what it knew, so that learning the project's forgeries does not unlearn the rest. Returns the
+    reader to train on and the number of replayed composites.
+    """
+    if share <= 0.0 or len(train_set) == 0:
+        return train_set, 0
+    from training.prompt_data import ConcatReader
+    from training.repeat import RepeatReader
+    from training.synth_reader import SynthReader
+
+    n = max(8, min(400, int(round(len(train_set) * share / max(1e-6, 1.0 - share)))))
+    replay = RepeatReader(SynthReader("train", n=n, seed=seed, sources=(1, 4), authentic_fraction=0.2,
+                                      size_range=(256, 512)), 1, cache_size=n)
+    return ConcatReader([train_set, replay]), n
+
+
 def run_job(job: JobRecord) -> Dict[str, Any]:
     import torch
 
@@ -180,6 +202,9 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
         print(few.reason, flush=True)
         return {"version": None, "outcome": few.outcome, "decision": asdict(few), "data": counts}
     train_set = SafireDataset(str(work / "dataset"), split="train")
+    replay_share = float(train_cfg.get("replay", 0.0))
+    train_data, replay_n = with_replay(train_set, replay_share, seed=int(time.time()) % 100_000)
+    counts["replay"] = replay_n
     val_set = SafireDataset(str(work / "dataset"), split="val") if manifest.splits.get("val") else None
 
     # 2. parent model and its validation metrics
@@ -201,7 +226,7 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
         augment=True, seed=0,
     )
     job.progress(stage="train", step=0, steps=steps)
-    result = fine_tune(train_set, None, cfg, model=parent.train(),
+    result = fine_tune(train_data, None, cfg, model=parent.train(),
                        progress=lambda p: job.progress(stage="train", **{k: (round(v, 5) if isinstance(v, float) else v)
                                                                          for k, v in p.items()}),
                        log=lambda s: print(s, flush=True))

@@ -321,6 +321,10 @@ SETTINGS: Tuple[Spec, ...] = (
     Spec("val_fraction", "SAFIRE_VAL_FRACTION", "0.2", _float_range(0, 0.9),
          "Fraction of annotated tasks held out to validate a fine-tuned version before publishing it.",
          group="Training"),
+    Spec("train_replay", "SAFIRE_TRAIN_REPLAY", "0.5", _float_range(0, 0.9),
+         "Share of each fine-tuning job's samples that are generated composites of the default "
+         "model's training recipe (replay), so learning a project's forgeries does not unlearn the "
+         "others; 0: the project's annotations only.", group="Training"),
     Spec("train_min_tasks", "SAFIRE_TRAIN_MIN_TASKS", "10", _int_range(2),
          "Fewest usable annotated tasks a fine-tuning job trains on; below it the job records that "
          "there are too few annotations and publishes nothing.", group="Training"),
@@ -407,6 +411,7 @@ class Settings:
     train_lr: float = 1e-4
     train_threads: int = 1
     val_fraction: float = 0.2
+    train_replay: float = 0.5
     train_min_tasks: int = 10
     train_min_gain: float = 0.0
     max_jobs: int = 1

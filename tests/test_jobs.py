@@ -59,12 +59,14 @@ def fake_ls(monkeypatch):
         monkeypatch.setenv("SAFIRE_TRAIN_BATCH", "2")
         monkeypatch.setenv("SAFIRE_VAL_FRACTION", "0.34")
         monkeypatch.setenv("SAFIRE_TRAIN_MIN_TASKS", "2")
+        monkeypatch.setenv("SAFIRE_TRAIN_REPLAY", "0")
         yield ls
 
 
 @pytest.mark.slow
 def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_checkpoint, fake_ls, monkeypatch):
     monkeypatch.setenv("SAFIRE_TRAIN_MIN_GAIN", "-1")  # any child counts as better: the publishing path
+    monkeypatch.setenv("SAFIRE_TRAIN_REPLAY", "0.5")  # and generated composites mixed into training
     registry = ModelRegistry(tmp_path / "models", base_checkpoint, poll_seconds=0)
     jobs = JobManager(registry)
     assert registry.get("1").version == "micro-base"
@@ -88,6 +90,7 @@ def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_
     # the job record carries the decision and the before/after numbers
     assert done["outcome"] == "published" and done["decision"]["val_images"] == 2
     assert len(done["data"]["val_tasks"]) == 2 and set(done["data"]["val_tasks"]) <= set(range(6))
+    assert done["data"]["replay"] == 8  # 4 training tasks at share 0.5 -> 4, raised to the minimum of 8
     assert done["metrics"]["before"]["miou_k"] == done["decision"]["before"]
     assert done["metrics"]["after"]["miou_k"] == done["decision"]["after"]
     assert registry.versions("1")["versions"][0]["status"] == "current"
