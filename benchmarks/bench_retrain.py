@@ -209,7 +209,16 @@ def main() -> int:
 
     parent_model = build_safire(checkpoint=args.checkpoint) if args.checkpoint else build_safire(use_default=True)
     parent_version = str(parent_model.meta.get("model_version"))
-    parent = {"family": evaluate(parent_model, family, args.grid), "general": evaluate(parent_model, general, args.grid)}
+    import hashlib
+
+    digest = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in parent_model.state_dict().values()))
+    cache = data / f"parent-{digest.hexdigest()[:16]}-{len(family)}-{len(general)}-{args.grid}.json"
+    if cache.is_file():  # the parent's numbers on these very sets, from an earlier run
+        parent = json.loads(cache.read_text())
+    else:
+        parent = {"family": evaluate(parent_model, family, args.grid),
+                  "general": evaluate(parent_model, general, args.grid)}
+        cache.write_text(json.dumps(parent))
     print(f"parent {parent_version}: {parent}", flush=True)
 
     rows: List[Dict[str, Any]] = []

@@ -67,6 +67,9 @@ def _summary(metrics: Dict[str, float]) -> Dict[str, float]:
 #: (what clicks and pre-annotations are made of) without the automatic source count, whose
 #: thresholds a child inherits from its parent and which ties parent and child on small splits.
 PROMOTION_METRIC = "miou_k"
+#: Used when every validation image is authentic (no pmIoU is defined there): the share of them the
+#: automatic partition keeps whole (``1 - auth_split_rate``).
+FALLBACK_METRIC = "authentic_kept_whole"
 
 
 @dataclass
@@ -108,6 +111,10 @@ def decide(before: Dict[str, float], after: Dict[str, float], min_gain: float = 
     ``min_gain`` (a tie included), keeps the child as a candidate.
     """
     n = int(after.get("count", 0) or 0)
+    if (metric not in before or metric not in after) and "auth_split_rate" in before and "auth_split_rate" in after:
+        metric = FALLBACK_METRIC  # only authentic validation images: no pmIoU is defined there
+        before = {metric: 1.0 - float(before["auth_split_rate"])}
+        after = {metric: 1.0 - float(after["auth_split_rate"])}
     if metric not in before or metric not in after or n == 0:
         return Decision("candidate", "no validation split to compare parent and child on; kept as a "
                         "candidate (raise SAFIRE_VAL_FRACTION or annotate more tasks)", metric, val_images=n)

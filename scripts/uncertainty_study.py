@@ -1,7 +1,7 @@
 """Does the partition's uncertainty rank images by how wrong the model is? (README, "Tasks worth
 labelling next").
 
-    python scripts/uncertainty_study.py --data /work/data/val-mix --threads 1 [--out rows.json]
+    python scripts/uncertainty_study.py --data data/val-mix --threads 1 [--out rows.json]
     python scripts/uncertainty_study.py --data data/test-k1 data/test-k2 data/test-k3 data/test-k4 --limit 16
 
 For every image: the automatic partition with the checkpoint's calibration (what pre-annotation

@@ -144,6 +144,14 @@ def test_decide_promotes_only_a_better_child(before, after, min_gain, outcome):
     assert f"{before:.3f} -> {after:.3f}" in d.reason
 
 
+def test_decide_falls_back_to_keeping_authentic_images_whole_when_validation_has_no_forgery():
+    from ml_backend.retrain import decide
+
+    d = decide({"auth_split_rate": 0.5, "count": 2}, {"auth_split_rate": 0.0, "count": 2})
+    assert d.metric == "authentic_kept_whole" and d.outcome == "published" and d.gain == 0.5 and d.val_images == 2
+    assert decide({"auth_split_rate": 0.0, "count": 1}, {"auth_split_rate": 0.0, "count": 1}).outcome == "candidate"
+
+
 def test_decide_without_validation_keeps_a_candidate():
     from ml_backend.retrain import decide, too_few
 
