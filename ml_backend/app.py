@@ -27,7 +27,9 @@ Endpoints (all JSON; errors are ``{"status": code, "error": name, "message": tex
                             (JSON, may be ``{}``): ``engine`` ray|local, ``workers``, ``all``,
                             ``overwrite``, ``chunk_size``
 ``GET /jobs``               ``{"jobs": [...]}``; ``GET /jobs/<project>`` the latest job (404 if none)
-``GET /versions/<project>`` the project's published versions and the current one
+``GET /versions/<project>`` the project's versions (current, previous, candidate) and the current one
+``POST /versions/<p>/<v>/promote``  serve version ``v`` of project ``p`` (a kept candidate, or a
+                            rollback) -> ``{"project", "current", "replaced"}``; 404 if unknown
 ``POST /prewarm``           ``{"project", "tasks": [...]}`` or ``{"urls": [...]}``: embeddings computed
                             in the background so the first click is warm -> 202 ``{"queued", ...}``
 ``GET /explain/<p>/<t>``    PNG of task ``t``'s continuous heat map and sources at the image's
@@ -1130,6 +1132,24 @@ def create_app(settings: Optional[Settings] = None, registry: Any = None, jobs: 
         if isinstance(out.get("error"), str):
             out["error"] = _scrub(out["error"])
         return jsonify(out)
+
+    @app.post("/versions/<project>/<version>/promote")
+    def versions_promote(project: str, version: str) -> Response:
+        """Serve a kept candidate (or roll back to an earlier version) by hand: the analyst's override."""
+        key = project_key(project)
+        if key is None:
+            raise BadRequest("a project id is needed: POST /versions/<project id>/<version>/promote")
+        from .models import promote_version
+
+        try:
+            man = promote_version(registry.model_dir, key, version)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        except FileNotFoundError as e:
+            raise NotFound(str(e)) from None
+        log.info("project %s: version %s promoted by request (replaced %s)", key, version,
+                 man["promoted"]["replaced"])
+        return jsonify({"project": str(key), "current": version, "replaced": man["promoted"]["replaced"]})
 
     @app.get("/metrics")
     def metrics() -> Response:

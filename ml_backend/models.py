@@ -95,6 +95,36 @@ def publish_version(model_dir: os.PathLike, project: str, version: str, checkpoi
     return final
 
 
+def promote_version(model_dir: os.PathLike, project: str, version: str) -> Dict[str, Any]:
+    """Serve an already published version of ``project`` (a candidate, or an earlier one: rollback).
+
+    Replaces ``CURRENT`` atomically and records in the version's manifest that a person promoted it
+    (``promoted``: time and the version it replaced). Raises FileNotFoundError for an unknown
+    version, ValueError for an invalid name. Returns the updated manifest.
+    """
+    project, version = safe_name(project, "project"), safe_name(version, "version")
+    pdir = Path(model_dir) / project
+    vdir = pdir / version
+    if not (vdir / "model.pt").is_file():
+        raise FileNotFoundError(f"project {project} has no version {version}")
+    man: Dict[str, Any] = {}
+    if (vdir / "manifest.json").is_file():
+        try:
+            man = json.loads((vdir / "manifest.json").read_text())
+        except ValueError:
+            man = {}
+    man["status"] = "published"
+    man["promoted"] = {"by": "request", "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "replaced": read_current(Path(model_dir), project)}
+    tmp = vdir / f".manifest.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(man, indent=2, default=str))
+    os.replace(tmp, vdir / "manifest.json")
+    cur_tmp = pdir / f".CURRENT.{os.getpid()}.tmp"
+    cur_tmp.write_text(version + "\n")
+    os.replace(cur_tmp, pdir / "CURRENT")
+    return man
+
+
 class ModelRegistry:
     """Serves the right model for each project.
 

@@ -510,6 +510,25 @@ def test_jobs_and_versions_endpoints(client):
     assert client.get("/versions/..").status_code == 400
 
 
+def test_a_candidate_is_promoted_by_request_and_rolled_back(client, registry, checkpoint):
+    from ml_backend.models import publish_version
+
+    publish_version(registry.model_dir, "77", "77-a", checkpoint, {"status": "published"})
+    publish_version(registry.model_dir, "77", "77-b", checkpoint, {"status": "candidate",
+                    "decision": {"outcome": "candidate", "reason": "not better"}}, make_current=False)
+    listed = {v["version"]: v["status"] for v in client.get("/versions/77").json["versions"]}
+    assert listed == {"77-a": "current", "77-b": "candidate"}
+    r = client.post("/versions/77/77-b/promote")
+    assert r.status_code == 200 and r.json == {"project": "77", "current": "77-b", "replaced": "77-a"}
+    listed = {v["version"]: v["status"] for v in client.get("/versions/77").json["versions"]}
+    assert listed == {"77-a": "previous", "77-b": "current"}
+    assert registry.get("77").version == "77-b"
+    assert client.post("/versions/77/77-a/promote").json["current"] == "77-a"  # rollback
+    assert client.post("/versions/77/nope/promote").status_code == 404
+    assert client.post("/versions/77/bad%20name!/promote").status_code == 400
+    assert client.post("/versions/x/77-a/promote").status_code == 400
+
+
 def test_metrics(client):
     client.get("/health")
     client.post("/predict", json=predict_body(CLICK))
