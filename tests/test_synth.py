@@ -12,6 +12,7 @@ from PIL import Image
 import training.synth as synth
 from training.photos import PHOTO_SPECS, VAL_PHOTOS, Photo, PhotoPool, PhotoSpec
 from training.synth import (
+    HELD_OUT_MANIPULATIONS,
     MANIPULATIONS,
     SHAPES,
     SYNTH_VERSION,
@@ -118,7 +119,30 @@ def test_every_manipulation_appears(train_pool):
     for i in range(30):
         s = generate_sample(i, 5, 4, train_pool, SMALL)
         roles.update(x["role"] for x in s.meta["sources"][1:])
-    assert roles == set(MANIPULATIONS)
+    # the default mix has every kind but the held-out ones (the retraining benchmark's family)
+    assert roles == set(MANIPULATIONS) - set(HELD_OUT_MANIPULATIONS)
+    assert HELD_OUT_MANIPULATIONS and all(MANIPULATIONS[k] == 0.0 for k in HELD_OUT_MANIPULATIONS)
+
+
+def test_exemplar_fill_copies_real_pixels_from_outside_the_hole():
+    from training.synth_fill import plan_fill, render_fill
+
+    rng = np.random.default_rng(3)
+    comp = rng.integers(0, 256, (96, 128, 3)).astype(np.float32)
+    hole = np.zeros((40, 48), bool)
+    hole[8:32, 10:40] = True
+    rect = (20, 30, 60, 78)
+    fill, trace = plan_fill(np.random.default_rng(4))
+    guide = np.full((40, 48, 3), 128.0, np.float32)
+    out = render_fill(comp, rect, hole, fill, guide)
+    assert out.shape == (40, 48, 3) and trace[0]["op"] == "geom"
+    np.testing.assert_array_equal(out[~hole], guide[~hole])  # only the hole changes
+    full = np.zeros(comp.shape[:2], bool)
+    full[20:60, 30:78] = hole
+    outside = {tuple(v) for v in comp[~full]}
+    filled = out[hole]
+    assert not np.all(filled == 128.0)
+    assert all(tuple(v) in outside for v in filled)  # random pixels: a match means a copy
 
 
 def test_manipulation_selection(train_pool):
@@ -377,3 +401,15 @@ def test_social_chain_downscales_large_images_and_masks(train_pool, monkeypatch)
         assert max(s.image.shape[:2]) == 100 and "resize" in [o["op"] for o in s.meta["global_post"]]
         assert max(s.meta["size_before_post"]) > 100
         _check_layout(s)
+
+
+def test_manipulations_option_parses_and_refuses_unknown_kinds():
+    import argparse
+
+    from training.synth import parse_manipulations
+
+    assert parse_manipulations("exemplar-fill=1, splicing=0.5") == {"exemplar-fill": 1.0, "splicing": 0.5}
+    assert parse_manipulations("exemplar-fill") == {"exemplar-fill": 1.0}
+    for bad in ("warp=1", "splicing=x", "splicing=-1", "splicing=0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_manipulations(bad)
