@@ -34,7 +34,7 @@ from training.datasets import open_dataset  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", nargs="+", default=["/work/data/val-mix"], help="dataset folders")
+    ap.add_argument("--data", nargs="+", default=["data/val-mix"], help="dataset folders")
     ap.add_argument("--checkpoint", default=None, help="default: the embedded default model")
     ap.add_argument("--grid", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None, help="first N images of each dataset")
