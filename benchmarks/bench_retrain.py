@@ -29,7 +29,6 @@ into ``--data-dir`` (default ``~/.cache/safire-studio/bench-retrain``) and reuse
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -201,7 +200,8 @@ def main() -> int:
         if not (d / "manifest.json").is_file():  # the Makefile's recipe for the model card's test set
             d = synth(data / f"test-k{k}", per_k, "test", int(f"50{k}"), str(k),
                       ["--size-min", "384", "--size-max", "896"])
-        general.extend(SafireDataset(str(d))[i] for i in range(min(per_k, len(SafireDataset(str(d))))))
+        ds = SafireDataset(str(d))
+        general.extend(ds[i] for i in range(min(per_k, len(ds))))
     family = SafireDataset(str(family_dir))
     family = [family[i] for i in range(min(args.family_test, len(family)))]
     print(f"data ready in {time.perf_counter() - t0:.0f} s: {len(family)} family test, {len(general)} general test",

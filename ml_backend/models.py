@@ -66,6 +66,22 @@ def read_current(model_dir: Path, project: str) -> Optional[str]:
     return v or None
 
 
+def _write_current(pdir: Path, version: str) -> None:
+    """Make ``version`` the one served (atomic rename of ``pdir/CURRENT``)."""
+    cur_tmp = pdir / f".CURRENT.{os.getpid()}.tmp"
+    cur_tmp.write_text(version + "\n")
+    os.replace(cur_tmp, pdir / "CURRENT")
+
+
+def _read_manifest(vdir: Path) -> Dict[str, Any]:
+    """A version's manifest ({} when missing or unreadable)."""
+    try:
+        man = json.loads((vdir / "manifest.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return man if isinstance(man, dict) else {}
+
+
 def publish_version(model_dir: os.PathLike, project: str, version: str, checkpoint: os.PathLike,
                     manifest: Dict[str, Any], make_current: bool = True) -> Path:
     """Atomically publish ``checkpoint`` as ``MODEL_DIR/<project>/<version>/``.
@@ -89,9 +105,7 @@ def publish_version(model_dir: os.PathLike, project: str, version: str, checkpoi
         raise
     if not make_current:
         return final
-    cur_tmp = pdir / f".CURRENT.{os.getpid()}.tmp"
-    cur_tmp.write_text(version + "\n")
-    os.replace(cur_tmp, pdir / "CURRENT")
+    _write_current(pdir, version)
     return final
 
 
@@ -107,21 +121,14 @@ def promote_version(model_dir: os.PathLike, project: str, version: str) -> Dict[
     vdir = pdir / version
     if not (vdir / "model.pt").is_file():
         raise FileNotFoundError(f"project {project} has no version {version}")
-    man: Dict[str, Any] = {}
-    if (vdir / "manifest.json").is_file():
-        try:
-            man = json.loads((vdir / "manifest.json").read_text())
-        except ValueError:
-            man = {}
+    man = _read_manifest(vdir)
     man["status"] = "published"
     man["promoted"] = {"by": "request", "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "replaced": read_current(Path(model_dir), project)}
     tmp = vdir / f".manifest.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(man, indent=2, default=str))
     os.replace(tmp, vdir / "manifest.json")
-    cur_tmp = pdir / f".CURRENT.{os.getpid()}.tmp"
-    cur_tmp.write_text(version + "\n")
-    os.replace(cur_tmp, pdir / "CURRENT")
+    _write_current(pdir, version)
     return man
 
 
@@ -223,12 +230,7 @@ class ModelRegistry:
         if pdir.is_dir():
             for d in sorted(pdir.iterdir()):
                 if d.is_dir() and not d.name.startswith(".") and (d / "model.pt").is_file():
-                    man = {}
-                    if (d / "manifest.json").is_file():
-                        try:
-                            man = json.loads((d / "manifest.json").read_text())
-                        except ValueError:
-                            pass
+                    man = _read_manifest(d)
                     out.append({"version": d.name, "parent": man.get("parent_version"),
                                 "created": man.get("created"), "metrics": man.get("metrics"),
                                 "status": man.get("status", "published"), "decision": man.get("decision")})
