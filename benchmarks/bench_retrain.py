@@ -41,7 +41,7 @@ from typing import Any, Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-FAMILY = "exemplar-fill"
+FAMILIES = ("exemplar-fill", "recolour")  # training.synth.HELD_OUT_MANIPULATIONS
 LABELS = ["Source 1 (host)", "Source 2", "Source 3", "Source 4"]
 KEYS = ("miou_k", "ari_k", "miou_auto", "f1_best")
 
@@ -135,7 +135,7 @@ def run_size(n: int, project_dir: Path, model_dir: Path, args) -> Dict[str, Any]
     return rec
 
 
-def plot(rows: List[Dict[str, Any]], parent: Dict[str, Dict[str, float]], path: Path) -> None:
+def plot(rows: List[Dict[str, Any]], parent: Dict[str, Dict[str, float]], path: Path, family: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +143,7 @@ def plot(rows: List[Dict[str, Any]], parent: Dict[str, Dict[str, float]], path: 
 
     xs = [r["tasks"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for key, style, name in (("family", "-o", f"held-out family ({FAMILY})"), ("general", "-s", "general test set")):
+    for key, style, name in (("family", "-o", f"held-out family ({family})"), ("general", "-s", "general test set")):
         ax.plot(xs, [r[key]["miou_k"] for r in rows], style, label=f"child, {name}")
         ax.axhline(parent[key]["miou_k"], ls="--", lw=1, color=ax.lines[-1].get_color(),
                    label=f"parent, {name}")
@@ -161,6 +161,8 @@ def plot(rows: List[Dict[str, Any]], parent: Dict[str, Dict[str, float]], path: 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", default="recolour", choices=FAMILIES,
+                   help="held-out manipulation family the projects are made of")
     p.add_argument("--sizes", default="10,25,50,100", help="project sizes (annotated tasks)")
     p.add_argument("--family-test", type=int, default=100, help="held-out family test images")
     p.add_argument("--general-test", type=int, default=100, help="general test images (split over K=1..4)")
@@ -190,9 +192,10 @@ def main() -> int:
 
     data = Path(args.data_dir)
     t0 = time.perf_counter()
-    fam = ["--manipulations", f"{FAMILY}=1", "--size-min", "384", "--size-max", "768"]
-    project_dir = synth(data / "project-val", max(sizes), "val", 7101, "2-3", fam)
-    family_dir = synth(data / "family-test", args.family_test, "test", 7102, "2-3", fam)
+    fam = ["--manipulations", f"{args.family}=1", "--size-min", "384", "--size-max", "768"]
+    tag = "" if args.family == "exemplar-fill" else f"-{args.family}"  # exemplar-fill: the first sets
+    project_dir = synth(data / f"project-val{tag}", max(sizes), "val", 7101, "2-3", fam)
+    family_dir = synth(data / f"family-test{tag}", args.family_test, "test", 7102, "2-3", fam)
     general = []
     per_k = max(1, args.general_test // 4)
     for k in (1, 2, 3, 4):
@@ -212,13 +215,18 @@ def main() -> int:
     import hashlib
 
     digest = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in parent_model.state_dict().values()))
-    cache = data / f"parent-{digest.hexdigest()[:16]}-{len(family)}-{len(general)}-{args.grid}.json"
-    if cache.is_file():  # the parent's numbers on these very sets, from an earlier run
-        parent = json.loads(cache.read_text())
-    else:
-        parent = {"family": evaluate(parent_model, family, args.grid),
-                  "general": evaluate(parent_model, general, args.grid)}
-        cache.write_text(json.dumps(parent))
+    parent = {}
+    for key, part, n_img in (("family", tag, len(family)), ("general", "-general", len(general))):
+        # the parent's numbers on these very sets, from an earlier run (the general set is shared)
+        cache = data / f"parent-{digest.hexdigest()[:16]}{part}-{n_img}-{args.grid}.json"
+        old = data / f"parent-{digest.hexdigest()[:16]}-{len(family)}-{len(general)}-{args.grid}.json"
+        if cache.is_file():
+            parent[key] = json.loads(cache.read_text())
+        elif key == "general" and old.is_file():  # the format of the first runs (both sets in one)
+            parent[key] = json.loads(old.read_text())["general"]
+        else:
+            parent[key] = evaluate(parent_model, family if key == "family" else general, args.grid)
+            cache.write_text(json.dumps(parent[key]))
     print(f"parent {parent_version}: {parent}", flush=True)
 
     rows: List[Dict[str, Any]] = []
@@ -238,7 +246,7 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    print(f"\nparent: {parent_version}; family: {FAMILY} (never in the default's training); "
+    print(f"\nparent: {parent_version}; family: {args.family} (never in the default's training); "
           f"{len(family)} family test images, {len(general)} general test images, grid {args.grid}")
     print("| tasks | job s | outcome | family pmIoU (K) | family ARI (K) | family F1-best | "
           "general pmIoU (K) | general F1-best |")
@@ -249,7 +257,7 @@ def main() -> int:
               f"({f['miou_k'] - pf['miou_k']:+.3f}) | {pf['ari_k']:.3f} -> {f['ari_k']:.3f} | "
               f"{pf['f1_best']:.3f} -> {f['f1_best']:.3f} | {pg['miou_k']:.3f} -> {g['miou_k']:.3f} "
               f"({g['miou_k'] - pg['miou_k']:+.3f}) | {pg['f1_best']:.3f} -> {g['f1_best']:.3f} |")
-    out = {"parent_version": parent_version, "family": FAMILY, "parent": parent, "rows": rows,
+    out = {"parent_version": parent_version, "family": args.family, "parent": parent, "rows": rows,
            "family_test": len(family), "general_test": len(general), "grid": args.grid,
            "settings": {"steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": args.replay,
                         "threads": args.threads,
@@ -259,7 +267,7 @@ def main() -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
     if args.plot:
-        plot(rows, parent, Path(args.plot))
+        plot(rows, parent, Path(args.plot), args.family)
     return 0
 
 

@@ -18,11 +18,13 @@ Pipeline (``partition``):
    with front = the winner with the smaller mask; ``1 - p(source 0)`` for three or more; all zeros
    for one source.
 
-Image-level forgery score (SAFIRE has none; see ``docs/image-score.md``): the *complementarity* of
-the two winners of a seeded 2-means split, ``mean_pixels(p_a (1 - p_b) + p_b (1 - p_a))`` with p the
-winners' mask probabilities at low resolution. On an authentic image every prompt returns (nearly)
-the whole image, so any two winners coincide and the score is near 0; on a forged image the two
-winners are a source and its complement, and the score is near 1 whatever the forged area.
+Image-level forgery score (SAFIRE has none; see ``docs/image-score.md`` and
+:mod:`safire.image_score`): with a checkpoint whose calibration stores a score model, a logistic
+score of two grid statistics (prompt masks' pairwise disagreement, mean decoder confidence);
+otherwise the *complementarity* of the two winners of a seeded 2-means split,
+``mean_pixels(p_a (1 - p_b) + p_b (1 - p_a))`` with p the winners' mask probabilities at low
+resolution (near 0 when any two winners coincide, as on an authentic image; near 1 when they are a
+source and its complement, whatever the forged area).
 
 Uncertainty (``PartitionResult.uncertainty``, :func:`partition_uncertainty`): how much the model's
 own grid disagrees with the answer it gave, from what the grid decode already holds (no extra model
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 
 from .clustering import cluster_masks, dbscan_features, kmeans_cosine
 from .fast_decoder import DecoderContext
+from .image_score import check_score_model, complementarity, grid_statistics, logistic_score
 from .modeling import Safire
 from .predictor import ImageEmbedding, SafirePredictor
 from .transforms import grid_points, native_grid_points, native_logits_to_image, sample_logits_at, upsample_logits
@@ -56,7 +59,8 @@ from .transforms import grid_points, native_grid_points, native_logits_to_image,
 
 #: Automatic-mode settings a checkpoint may carry (``meta["partition"]``, written by
 #: ``safire calibrate``): they were tuned on held-out data for those weights.
-CALIBRATED_KEYS = ("single_source_threshold", "iou_threshold", "min_area", "max_sources", "dbscan_eps")
+CALIBRATED_KEYS = ("single_source_threshold", "iou_threshold", "min_area", "max_sources", "dbscan_eps",
+                   "image_score")
 
 
 def calibrated_defaults(model: Safire) -> Dict[str, float]:
@@ -84,6 +88,8 @@ class PartitionResult:
         from the single-source threshold; 1 = the prompts contradict the answer or the score sits
         on the threshold.
     disagreement: float in [0, 1], its prompt-disagreement part (:func:`prompt_disagreement`).
+    statistics: the grid statistics a stored image-score model reads
+        (:func:`safire.image_score.grid_statistics`).
     timings: seconds per stage.
     """
 
@@ -98,6 +104,7 @@ class PartitionResult:
     grid_labels: np.ndarray
     uncertainty: float
     disagreement: float
+    statistics: Dict[str, float] = field(default_factory=dict)
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -233,12 +240,6 @@ def _winners(cluster_of: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def complementarity(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
-    """``mean(p_a (1 - p_b) + p_b (1 - p_a))`` of two mask-logit maps, in [0, 1]."""
-    pa, pb = torch.sigmoid(logits_a.float()), torch.sigmoid(logits_b.float())
-    return float((pa * (1 - pb) + pb * (1 - pa)).mean())
-
-
 #: Side (pixels) the grid masks are binarised at for :func:`prompt_disagreement`, at most.
 DISAGREEMENT_SIZE = 64
 
@@ -326,6 +327,7 @@ def partition_from_grid(
     min_area: float = 0.002,
     dbscan_eps: float = 0.2,
     gate_authentic: bool = False,
+    image_score: Optional[Mapping[str, Any]] = None,
 ) -> PartitionResult:
     """Cluster decoded grid prompts and combine the winners (steps 2-5 of the module docstring).
 
@@ -337,6 +339,8 @@ def partition_from_grid(
         gate_authentic: with a fixed K, an image whose score is below ``single_source_threshold``
             is one source (authentic) instead of K; e.g. the binary path: K = 2 plus this gate.
         min_area: auto mode drops sources whose winner mask covers less than this image fraction.
+        image_score: a stored score model (:func:`safire.image_score.logistic_score`, written by
+            ``safire calibrate``); None: the complementarity of the 2-means winners.
 
     The result's ``uncertainty`` (and ``disagreement``) is measured on the final sources, before
     sources without pixels are dropped by :func:`combine_winners` (module docstring).
@@ -355,9 +359,16 @@ def partition_from_grid(
     idx_valid = np.flatnonzero(valid)
     cluster_of = np.full(n, -1, dtype=np.int64)
 
-    # Image-level score from a seeded 2-means split (always computed).
+    # Image-level score: the stored score model, else the complementarity of a seeded 2-means split.
     score = 0.0
-    if len(idx_valid) >= 2:
+    crop = None
+    if grid.native is not None:
+        crop = (4 * grid.native.cells[0], 4 * grid.native.cells[1])  # stride-4 logits of the pooled cells
+    statistics = grid_statistics(logits, grid.scores, valid, crop)
+    if image_score is not None:
+        check_score_model(image_score)
+        score = logistic_score(statistics, image_score)
+    elif len(idx_valid) >= 2:
         lab2, _ = kmeans_cosine(feats[idx_valid], 2, seed=seed, n_init=n_init)
         tmp = np.full(n, -1, dtype=np.int64)
         tmp[idx_valid] = lab2
@@ -412,9 +423,6 @@ def partition_from_grid(
     timings["cluster"] = time.perf_counter() - t1
 
     t3 = time.perf_counter()
-    crop = None
-    if grid.native is not None:
-        crop = (4 * grid.native.cells[0], 4 * grid.native.cells[1])  # stride-4 logits of the pooled cells
     disagreement = prompt_disagreement(logits, cluster_of, winners, crop)
     uncertainty = partition_uncertainty(disagreement, score, single_source_threshold)
     timings["uncertainty"] = time.perf_counter() - t3
@@ -433,7 +441,7 @@ def partition_from_grid(
     grid_labels = np.where(cluster_of >= 0, inverse[np.maximum(cluster_of, 0)], -1)
     timings["combine"] = time.perf_counter() - t2
     return PartitionResult(score=score, grid_labels=grid_labels, uncertainty=uncertainty,
-                           disagreement=disagreement, timings=timings, **result)
+                           disagreement=disagreement, statistics=statistics, timings=timings, **result)
 
 
 def combine_winners(logits: torch.Tensor, winners: np.ndarray, scores: np.ndarray, out_hw: Tuple[int, int],

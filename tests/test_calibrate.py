@@ -35,7 +35,8 @@ def test_calibration_is_stored_with_the_weights_and_used(tmp_path, monkeypatch):
     assert calibrate_main(["--checkpoint", str(path), "--data", str(data_dir), "--out", str(out), "--grid", "4"]) == 0
     m2 = build_safire(checkpoint=out)
     cal = calibrated_defaults(m2)
-    assert set(cal) == {"single_source_threshold", "iou_threshold"}
+    assert set(cal) == {"single_source_threshold", "iou_threshold", "image_score"}
+    assert cal["image_score"]["kind"] == "logistic" and cal["image_score"]["fitted_on"] == 4
     assert m2.meta["model_version"] == "micro-x" and m2.meta["partition"]["calibration_images"] == 4
     for k, v in m.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k])
@@ -70,36 +71,42 @@ def test_calibrate_picks_the_best_pair_of_its_table():
     assert 0.0 <= best <= 1.0 and np.isfinite(best)
 
 
-def test_calibrate_respects_the_authentic_split_limit(monkeypatch, tmp_path):
-    """Constructed table: the best-mIoU pair splits every authentic image, so it must not win."""
-    import importlib
+def test_calibrate_respects_the_authentic_split_limit(tmp_path):
+    """Constructed records: the best-mIoU threshold splits every authentic image, so it must not win."""
+    from training.calibrate import plot_curve, search
 
-    C = importlib.import_module("training.calibrate")
-
-    class Res:
-        def __init__(self, k, labels):
-            self.num_sources, self.labels = k, labels
-
-    def fake(grid, emb, S, hw, mode, seed, single_source_threshold, iou_threshold):
-        gt = fake.gt
-        authentic = len(np.unique(gt)) == 1
-        if single_source_threshold < 0.5:  # low threshold: everything split, forged ones perfect
-            return Res(2, gt if not authentic else (np.arange(gt.size).reshape(gt.shape) % 2).astype(np.uint8))
-        return Res(1 if authentic else 2, gt if not authentic else np.zeros_like(gt))
-
-    real_embed = C.SafirePredictor.embed
-
-    def embed(self, image, key=None):
-        fake.gt = fake.items[id(image)]
-        return real_embed(self, image, key)
-
-    data = [toy_forgery(i, 64, 1 + i % 2) for i in range(4)]
-    fake.items = {id(it.image): np.asarray(it.labels) for it in data}
-    monkeypatch.setattr(C, "partition_from_grid", fake)
-    monkeypatch.setattr(C.SafirePredictor, "embed", embed)
-    torch.manual_seed(0)
-    res = C.calibrate(build_safire("micro"), data, thresholds=(0.3, 0.7), ious=(0.5,), grid_size=4)
-    assert res["table"]["0.3/0.5"]["auth_split"] == 1.0 and res["table"]["0.7/0.5"]["auth_split"] == 0.0
-    assert res["single_source_threshold"] == 0.7 and res["constraint_met"]
-    png = C.plot_curve(res, str(tmp_path / "curve.png"))
+    # two authentic images (split answers are wrong) and two forged ones (split answers are right)
+    recs = [{"k": 1, "one": 1.0, "split": {0.5: (0.9, 2)}}, {"k": 1, "one": 1.0, "split": {0.5: (0.9, 2)}},
+            {"k": 2, "one": 0.2, "split": {0.5: (1.0, 2)}}, {"k": 2, "one": 0.2, "split": {0.5: (1.0, 2)}}]
+    scores = [0.6, 0.2, 0.8, 0.5]
+    res = search(recs, scores, thresholds=(0.1, 0.3, 0.7), ious=(0.5,))
+    t = res["table"]
+    assert t["0.1/0.5"]["auth_split"] == 1.0 and t["0.1/0.5"]["forged_empty"] == 0.0
+    assert t["0.3/0.5"]["auth_split"] == 0.5 and t["0.7/0.5"]["auth_split"] == 0.0
+    assert t["0.7/0.5"]["forged_empty"] == 0.5 and abs(t["0.7/0.5"]["miou_forged"] - 0.6) < 1e-9
+    assert t["0.3/0.5"]["miou"] > t["0.1/0.5"]["miou"] > t["0.7/0.5"]["miou"]  # splitting scores best...
+    assert res["single_source_threshold"] == 0.7 and res["constraint_met"]  # ...but breaks the limit
+    loose = search(recs, scores, thresholds=(0.1, 0.3, 0.7), ious=(0.5,), max_auth_split=1.0)
+    assert loose["single_source_threshold"] == 0.3
+    png = plot_curve(res, str(tmp_path / "curve.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fitted_score_model_is_stored_and_used(tmp_path):
+    """A checkpoint calibrated on authentic and forged images carries a logistic score model, and
+    its partition scores are that model's output on the grid statistics."""
+    from safire.image_score import logistic_score
+
+    m, path = _checkpoint(tmp_path)
+    data = [toy_forgery(i, 64, 1 + i % 2) for i in range(6)]
+    res = calibrate(m, data, thresholds=(0.3, 0.7), ious=(0.5,), grid_size=4)
+    sm = res["image_score"]
+    assert sm["kind"] == "logistic" and sm["fitted_on"] == 6 and len(sm["weights"]) == 2
+    assert 0.0 <= res["auc"] <= 1.0 and 0.0 <= res["auc_complementarity"] <= 1.0
+    p = SafirePredictor(m, cache_bytes=0)
+    plain = partition(p, data[1].image, "auto", grid_size=4)
+    fitted = partition(p, data[1].image, "auto", grid_size=4, image_score=sm)
+    assert fitted.statistics == plain.statistics
+    assert abs(fitted.score - logistic_score(plain.statistics, sm)) < 1e-12
+    # complementarity only: no score model
+    assert calibrate(m, data, thresholds=(0.5,), ious=(0.5,), grid_size=4, score="complementarity")["image_score"] is None

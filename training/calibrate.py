@@ -2,8 +2,11 @@
 
     safire calibrate --checkpoint CK.pt --data VAL_DIR [VAL_DIR ...] --out CK_CALIBRATED.pt
 
-The automatic mode of :func:`safire.partition.partition_from_grid` has two decisions whose best
-setting depends on the weights: ``single_source_threshold`` (an image whose forgery score is below
+First it fits the image-level forgery score for these weights (``--score logistic``, default): a
+logistic model of two grid statistics (:mod:`safire.image_score`), fitted on the calibration images
+(authentic vs forged) and stored with the weights; ``--score complementarity`` keeps the model-free
+score. Then the automatic mode of :func:`safire.partition.partition_from_grid` has two decisions
+whose best setting depends on the weights: ``single_source_threshold`` (an image whose forgery score is below
 it is one source: authentic) and ``iou_threshold`` (grid prompts whose masks overlap more than
 this belong to one source). This tool decodes every image's grid once, tries every pair of values
 on a grid, and keeps the pair with the best mean permuted mIoU over all images (authentic images
@@ -30,50 +33,72 @@ import torch
 from safire import metrics as M
 from safire.build import build_safire
 from safire.checkpoint import read_checkpoint, save_checkpoint
+from safire.image_score import fit_logistic, logistic_score
 from safire.partition import decode_grid, partition_from_grid
 from safire.predictor import SafirePredictor
 
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: Candidate single-source thresholds (the score is in [0, 1]) and mask-IoU thresholds.
+THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(18))  # 0.1 .. 0.95
 IOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def calibrate(model, data: Sequence[Any], *, thresholds: Sequence[float] = THRESHOLDS,
-              ious: Sequence[float] = IOUS, grid_size: int = 16, seed: int = 0,
-              limit: Optional[int] = None, max_auth_split: float = 0.10) -> Dict[str, Any]:
-    """Grid search of (single_source_threshold, iou_threshold).
+def image_records(model, data: Sequence[Any], *, ious: Sequence[float] = IOUS, grid_size: int = 16,
+                  seed: int = 0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Decode every image's grid once; per image what the threshold search needs.
 
-    Returns the chosen pair, its mean permuted mIoU, and per pair (``table``): mean pmIoU over all
-    images, over forged images, the share of authentic images split (more than one source) and the
-    share of forged images returned as one source ("empty")."""
+    Each record: ``k`` (true number of sources), ``statistics`` (grid statistics for a score
+    model), ``complementarity`` (the default score), ``one`` (pmIoU of answering one source) and
+    ``split`` (per iou_threshold: pmIoU and number of sources of the automatic answer when the
+    image passes the single-source test). For a threshold t the automatic answer is ``split`` when
+    the image's score is >= t and one source otherwise, so no image is decoded twice.
+    """
     pred = SafirePredictor(model, cache_bytes=0)
     n = len(data) if limit is None else min(limit, len(data))
-    pairs = list(itertools.product(thresholds, ious))
-    miou: Dict[tuple, List[float]] = {pair: [] for pair in pairs}
-    found: Dict[tuple, List[int]] = {pair: [] for pair in pairs}
-    truth_k: List[int] = []
+    out: List[Dict[str, Any]] = []
     with torch.inference_mode():
         for i in range(n):
             item = data[i]
             gt = np.asarray(item.labels)
-            truth_k.append(int(len(np.unique(gt[gt != 255]))))
             emb, _ = pred.embed(item.image)
             grid = decode_grid(model, emb.embedding, grid_size, context=emb.context, orig_hw=emb.orig_hw)
-            for t, iou in pairs:
+            rec: Dict[str, Any] = {"k": int(len(np.unique(gt[gt != 255]))),
+                                   "one": M.permuted_miou(np.zeros(gt.shape, np.uint8), gt), "split": {}}
+            for iou in ious:
                 res = partition_from_grid(grid, emb.embedding[0], model.config.img_size, emb.orig_hw, "auto",
-                                          seed=seed, single_source_threshold=t, iou_threshold=iou)
-                miou[(t, iou)].append(M.permuted_miou(res.labels, gt))
-                found[(t, iou)].append(int(res.num_sources))
-    k = np.asarray(truth_k)
+                                          seed=seed, single_source_threshold=-1.0, iou_threshold=iou)
+                rec["split"][iou] = (M.permuted_miou(res.labels, gt), int(res.num_sources))
+                rec["statistics"], rec["complementarity"] = res.statistics, float(res.score)
+            out.append(rec)
+    return out
+
+
+def search(records: Sequence[Dict[str, Any]], scores: Sequence[float], *,
+           thresholds: Sequence[float] = THRESHOLDS, ious: Sequence[float] = IOUS,
+           max_auth_split: float = 0.10) -> Dict[str, Any]:
+    """Choose (single_source_threshold, iou_threshold) from :func:`image_records` and image scores.
+
+    Keeps the pair with the best mean pmIoU over all images (authentic ones included) among the
+    pairs that split at most ``max_auth_split`` of the authentic images (if none does, the pair
+    that splits fewest). ``table``, per pair: mean pmIoU over all images, over forged images, the
+    share of authentic images split and the share of forged images returned as one source.
+    """
+    k = np.asarray([r["k"] for r in records])
+    sc = np.asarray(scores, dtype=np.float64)
+    one = np.asarray([r["one"] for r in records])
     auth, forged = k == 1, k > 1
-
-    def stats(pair) -> Dict[str, float]:
-        m, f = np.asarray(miou[pair]), np.asarray(found[pair])
-        return {"miou": float(m.mean()),
-                "miou_forged": float(m[forged].mean()) if forged.any() else float("nan"),
-                "auth_split": float((f[auth] > 1).mean()) if auth.any() else 0.0,
-                "forged_empty": float((f[forged] == 1).mean()) if forged.any() else 0.0}
-
-    table = {f"{t}/{iou}": stats((t, iou)) for t, iou in pairs}
+    table: Dict[str, Dict[str, float]] = {}
+    pairs = list(itertools.product(thresholds, ious))
+    for t, iou in pairs:
+        split_m = np.asarray([r["split"][iou][0] for r in records])
+        split_k = np.asarray([r["split"][iou][1] for r in records])
+        passed = sc >= t
+        m = np.where(passed, split_m, one)
+        f = np.where(passed, split_k, 1)
+        table[f"{t}/{iou}"] = {
+            "miou": float(m.mean()),
+            "miou_forged": float(m[forged].mean()) if forged.any() else float("nan"),
+            "auth_split": float((f[auth] > 1).mean()) if auth.any() else 0.0,
+            "forged_empty": float((f[forged] == 1).mean()) if forged.any() else 0.0}
     ok = [p for p in pairs if table[f"{p[0]}/{p[1]}"]["auth_split"] <= max_auth_split]
     key = (lambda p: (table[f"{p[0]}/{p[1]}"]["miou"], -abs(p[0] - 0.5), -abs(p[1] - 0.5)))
     best = max(ok, key=key) if ok else min(pairs, key=lambda p: (table[f"{p[0]}/{p[1]}"]["auth_split"],
@@ -81,8 +106,38 @@ def calibrate(model, data: Sequence[Any], *, thresholds: Sequence[float] = THRES
     b = table[f"{best[0]}/{best[1]}"]
     return {"single_source_threshold": best[0], "iou_threshold": best[1], "miou": b["miou"],
             "miou_forged": b["miou_forged"], "auth_split": b["auth_split"], "forged_empty": b["forged_empty"],
-            "constraint_met": bool(ok), "max_auth_split": max_auth_split, "images": n,
+            "constraint_met": bool(ok), "max_auth_split": max_auth_split, "images": len(records),
             "authentic_images": int(auth.sum()), "table": table}
+
+
+def calibrate(model, data: Sequence[Any], *, thresholds: Sequence[float] = THRESHOLDS,
+              ious: Sequence[float] = IOUS, grid_size: int = 16, seed: int = 0,
+              limit: Optional[int] = None, max_auth_split: float = 0.10,
+              score: str = "logistic") -> Dict[str, Any]:
+    """Fit the image score and grid-search (single_source_threshold, iou_threshold).
+
+    ``score``: "logistic" fits a score model (:func:`safire.image_score.fit_logistic`) on these
+    images' grid statistics when they hold authentic and forged images (``image_score`` in the
+    result, with its AUC on them; the complementarity's AUC is reported next to it);
+    "complementarity" keeps the default score. Returns :func:`search`'s result plus ``image_score``
+    (None for the complementarity), ``auc`` and ``auc_complementarity``.
+    """
+    if score not in ("logistic", "complementarity"):
+        raise ValueError(f"score must be 'logistic' or 'complementarity', got {score!r}")
+    records = image_records(model, data, ious=ious, grid_size=grid_size, seed=seed, limit=limit)
+    forged = [r["k"] > 1 for r in records]
+    comp = [r["complementarity"] for r in records]
+    score_model = None
+    scores = comp
+    if score == "logistic" and any(forged) and not all(forged) and len(records) >= 4:
+        score_model = fit_logistic([r["statistics"] for r in records], forged)
+        scores = [logistic_score(r["statistics"], score_model) for r in records]
+    res = search(records, scores, thresholds=thresholds, ious=ious, max_auth_split=max_auth_split)
+    both = any(forged) and not all(forged)
+    res.update(image_score=score_model,
+               auc=M.image_auc(scores, forged) if both else float("nan"),
+               auc_complementarity=M.image_auc(comp, forged) if both else float("nan"))
+    return res
 
 
 def plot_curve(res: Dict[str, Any], path: str, title: str = "") -> str:
@@ -132,6 +187,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--half", action="store_true", help="store float16 weights (as the embedded model)")
     p.add_argument("--max-auth-split", type=float, default=0.10,
                    help="largest share of authentic images the chosen setting may split (default 0.10)")
+    p.add_argument("--score", choices=("logistic", "complementarity"), default="logistic",
+                   help="image score: fit a logistic score model on the data (default) or keep the "
+                        "complementarity of two winners")
     p.add_argument("--curve", default=None, help="write the trade-off curve (PNG) here")
     p.add_argument("--json", default=None, help="write the whole result (JSON) here")
     args = p.parse_args(argv)
@@ -140,8 +198,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ck = read_checkpoint(args.checkpoint)
     model = build_safire(checkpoint=ck)
     res = calibrate(model, ConcatReader([open_dataset(d) for d in args.data]), grid_size=args.grid,
-                    limit=args.limit, max_auth_split=args.max_auth_split)
+                    limit=args.limit, max_auth_split=args.max_auth_split, score=args.score)
     chosen = {"single_source_threshold": res["single_source_threshold"], "iou_threshold": res["iou_threshold"],
+              **({"image_score": res["image_score"]} if res["image_score"] else {}),
+              "calibration_auc": round(res["auc"], 4) if np.isfinite(res["auc"]) else None,
               "calibrated_on": [str(d) for d in args.data], "calibration_miou": round(res["miou"], 4),
               "calibration_images": res["images"], "calibration_auth_split": round(res["auth_split"], 4),
               "calibration_forged_empty": round(res["forged_empty"], 4)}

@@ -67,6 +67,7 @@ from skimage import draw, segmentation
 
 from training.photos import Photo, PhotoPool
 from training.synth_fill import plan_fill, render_fill
+from training.synth_recolour import plan_recolour, render_recolour
 
 __all__ = [
     "Sample",
@@ -102,12 +103,14 @@ MANIPULATIONS: Dict[str, float] = {
     "removal": 0.16,
     "generative": 0.20,
     "retouch": 0.12,
-    # held out of every default recipe on purpose (probability 0): the family that
-    # benchmarks/bench_retrain.py teaches by retraining (training/synth_fill.py)
+    # held out of every default recipe on purpose (probability 0): the families that
+    # benchmarks/bench_retrain.py teaches by retraining (training/synth_fill.py,
+    # training/synth_recolour.py)
     "exemplar-fill": 0.0,
+    "recolour": 0.0,
 }
 #: Kinds no default recipe generates (weight 0 above); ask for them with ``manipulations``.
-HELD_OUT_MANIPULATIONS = ("exemplar-fill",)
+HELD_OUT_MANIPULATIONS = ("exemplar-fill", "recolour")
 SHAPES = ("polygon", "ellipse", "blob", "rectangle")
 #: Share of object-shaped regions per manipulation: (photo cut-out alpha, host segment); the
 #: rest is geometric :data:`SHAPES`. Without installed cut-outs their share is geometric too.
@@ -118,6 +121,7 @@ OBJECT_SHARE: Dict[str, Tuple[float, float]] = {
     "generative": (0.10, 0.40),
     "retouch": (0.10, 0.40),
     "exemplar-fill": (0.15, 0.45),
+    "recolour": (0.0, 0.7),  # an object of the host itself (or a selection) changes colour
 }
 #: "social" chain: images whose long side exceeds this are downscaled to it (masks follow).
 SOCIAL_MAX_SIDE = 1600
@@ -570,6 +574,10 @@ def _trace(ops: Sequence[Dict[str, Any]], state: Optional[Dict[str, Any]] = None
             st["noise"] *= op["contrast"]
         elif k == "gamma":
             st["noise"] *= float(np.mean(op["gains"]))
+        elif k == "recolour":  # channels mixed: the demosaicing pattern's colour relations break
+            st["cfa"] *= 1.0 if op.get("mono") else 0.5
+            if op.get("mono"):
+                st["noise"] *= 1.1
         elif k == "periodic":
             st["periodic"] = math.hypot(st["periodic"], op["amplitude"])
         elif k == "geom":  # copy-move transform
@@ -1160,6 +1168,11 @@ def _plan_source(rng: np.random.Generator, kind: str, mono: bool, host_trace: Di
         ops = [_op_jpeg(rng, 70, 95, aligned=False)] if rng.random() < 0.2 else []
         plan.update({"fill": fill, "ops": ops})
         return plan, _trace(trace_ops + ops, host_trace)
+    if kind == "recolour":
+        edit, trace_ops = plan_recolour(rng, mono)
+        ops = [_op_jpeg(rng, 70, 95, aligned=False)] if rng.random() < 0.15 else []
+        plan.update({"recolour": edit, "ops": ops})
+        return plan, _trace(trace_ops + ops, host_trace)
     if kind == "retouch":
         menu = ["blur", "sharpen", "median", "tone", "noise"]
         picks = rng.choice(menu, size=int(rng.integers(1, 3)), replace=False)
@@ -1481,6 +1494,10 @@ def generate_sample(index: int, seed: int, num_sources: int, photos: PhotoPool,
             content = render_fill(comp, rect, sub, plan["fill"], guide)
             content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
             info.update({"photo": host_photo.name, "fill": plan["fill"], "history": plan["ops"]})
+        elif kind == "recolour":
+            content = render_recolour(comp[y0:y1, x0:x1], plan["recolour"])
+            content = _apply_ops(content, plan["ops"], rng, (y0, x0), mono)
+            info.update({"photo": host_photo.name, "recolour": plan["recolour"], "history": plan["ops"]})
         else:  # retouch
             content = _apply_ops(comp[y0:y1, x0:x1].copy(), plan["ops"], rng, (y0, x0), mono)
             info.update({"photo": host_photo.name, "history": plan["ops"]})
@@ -1783,7 +1800,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a folder that already holds a dataset")
     p.add_argument("--manipulations", type=parse_manipulations, default=None,
                    help="foreign manipulation kinds and weights, e.g. 'exemplar-fill=1' (default: the "
-                        "training mix, which never contains the held-out exemplar-fill)")
+                        "training mix, which never contains the held-out exemplar-fill and recolour)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
