@@ -86,6 +86,23 @@ report: env $(addsuffix /manifest.json,$(TEST_SETS))
 	$(VENV)/bin/safire evaluate --data $(TEST_SETS) --limit-each $(REPORT_LIMIT) --report out/report $(CKPT_ARG)
 	$(PY) scripts/report_screenshot.py out/report/index.html docs/screenshots/report.png
 
+# Calibrate a checkpoint's image score and automatic mode on held-out validation composites (val
+# photos only; generated on first use into $(TEST_DATA)), as the embedded default was:
+#   make calibrate CHECKPOINT=runs/x/model.pt OUT=x-calibrated.pt
+.PHONY: calibrate
+CAL_SETS := $(TEST_DATA)/val-mix $(TEST_DATA)/val-score
+OUT ?= out/calibrated.pt
+
+$(TEST_DATA)/val-mix/manifest.json: | env
+	$(VENV)/bin/safire synth --out $(TEST_DATA)/val-mix --n 64 --sources 1-4 --authentic-fraction 0.25 --split val --seed 201 --size-min 320 --size-max 768 --quiet
+
+$(TEST_DATA)/val-score/manifest.json: | env
+	$(VENV)/bin/safire synth --out $(TEST_DATA)/val-score --n 160 --sources 1-4 --authentic-fraction 0.4 --split val --seed 301 --size-min 384 --size-max 896 --quiet
+
+calibrate: env $(addsuffix /manifest.json,$(CAL_SETS))
+	mkdir -p $(dir $(OUT))
+	$(VENV)/bin/safire calibrate --checkpoint $(or $(CHECKPOINT),safire/weights/safire-native-default.pt) --data $(CAL_SETS) --out $(OUT) --half --max-auth-split 0.1 --curve $(basename $(OUT))_curve.png --json $(basename $(OUT)).json
+
 # The model card's figure (held-out examples: image, truth, predicted sources, heat map) with the
 # embedded default model; examples are generated from held-out photos (`make photos` first).
 .PHONY: figure

@@ -1,14 +1,19 @@
 """Does "Start Training" help? Parent vs fine-tuned child on a manipulation the default never saw.
 
-    python benchmarks/bench_retrain.py [--sizes 10,25,50,100] [--family-test 100] [--general-test 100]
+    python benchmarks/bench_retrain.py [--family recolour|exemplar-fill] [--sizes 10,25,50,100]
+        [--family-test 100] [--general-test 100]
 
-The held-out family is **exemplar-fill** (content-aware fill: an object removed and the hole filled
-with blocks copied from the same photo, ``training/synth_fill.py``). It has probability 0 in every
-default training recipe (``training.synth.MANIPULATIONS``), so the embedded model has never seen it.
+Two manipulation families have probability 0 in every default training recipe
+(``training.synth.HELD_OUT_MANIPULATIONS``), so the embedded model has never seen them:
+
+* **exemplar-fill** (content-aware fill: an object removed and the hole filled with blocks copied
+  from the same photo, ``training/synth_fill.py``; the default ``--family``), and
+* **recolour** (an object's colour changed by a hue/saturation edit that keeps the luminance,
+  ``training/synth_recolour.py``).
 
 For every project size N the benchmark
 
-1. builds an annotated Label Studio project of N tasks of that family: synthetic composites of
+1. builds an annotated Label Studio project of N tasks of the family: synthetic composites of
    **validation** photos (never in the default's training), 2-3 sources each, exported in Label
    Studio's JSON export format (brush RLE per source, ``label_config/multi_source.xml`` labels) and
    served with the images by a local stand-in of Label Studio's API on 127.0.0.1
@@ -161,7 +166,7 @@ def plot(rows: List[Dict[str, Any]], parent: Dict[str, Dict[str, float]], path: 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", default="recolour", choices=FAMILIES,
+    p.add_argument("--family", default="exemplar-fill", choices=FAMILIES,
                    help="held-out manipulation family the projects are made of")
     p.add_argument("--sizes", default="10,25,50,100", help="project sizes (annotated tasks)")
     p.add_argument("--family-test", type=int, default=100, help="held-out family test images")
@@ -222,8 +227,8 @@ def main() -> int:
         old = data / f"parent-{digest.hexdigest()[:16]}-{len(family)}-{len(general)}-{args.grid}.json"
         if cache.is_file():
             parent[key] = json.loads(cache.read_text())
-        elif key == "general" and old.is_file():  # the format of the first runs (both sets in one)
-            parent[key] = json.loads(old.read_text())["general"]
+        elif (key == "general" or not tag) and old.is_file():  # the first runs' format (both sets in one)
+            parent[key] = json.loads(old.read_text())[key]
         else:
             parent[key] = evaluate(parent_model, family if key == "family" else general, args.grid)
             cache.write_text(json.dumps(parent[key]))

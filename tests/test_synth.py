@@ -145,6 +145,29 @@ def test_exemplar_fill_copies_real_pixels_from_outside_the_hole():
     assert all(tuple(v) in outside for v in filled)  # random pixels: a match means a copy
 
 
+def test_recolour_keeps_luminance_and_rotates_chroma():
+    from training.synth_recolour import plan_recolour, render_recolour
+
+    rng = np.random.default_rng(5)
+    patch = rng.uniform(20, 230, (24, 32, 3)).astype(np.float32)
+    edit, trace = plan_recolour(np.random.default_rng(6), mono=False)
+    assert 30 <= abs(edit["angle"]) <= 180 and trace[0]["op"] == "recolour"
+    out = render_recolour(patch, edit)
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(out @ luma, patch @ luma + edit["lightness"], atol=1e-3)
+    chroma = lambda a: np.stack([(a[..., 2] - a @ luma) * 0.564, (a[..., 0] - a @ luma) * 0.713], -1)
+    c0, c1 = chroma(patch).reshape(-1, 2), chroma(out).reshape(-1, 2)
+    np.testing.assert_allclose(np.linalg.norm(c1, axis=1), edit["saturation"] * np.linalg.norm(c0, axis=1),
+                               rtol=1e-3, atol=1e-2)
+    ang = np.degrees(np.arctan2(c1[:, 1], c1[:, 0]) - np.arctan2(c0[:, 1], c0[:, 0]))
+    assert np.allclose((ang - edit["angle"] + 180) % 360 - 180, 0, atol=0.05)
+    # a grey host gets a tone curve, the same on every channel
+    g_edit, _ = plan_recolour(np.random.default_rng(7), mono=True)
+    grey = np.repeat(patch[..., :1], 3, axis=2)
+    g = render_recolour(grey, g_edit)
+    assert np.array_equal(g[..., 0], g[..., 2]) and not np.allclose(g, grey)
+
+
 def test_manipulation_selection(train_pool):
     for kind in MANIPULATIONS:
         s = generate_sample(1, 2, 3, train_pool, SMALL, manipulations={kind: 1.0})
