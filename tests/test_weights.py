@@ -14,7 +14,7 @@ random ``tiny`` (seeds 0-2)            0.10-0.13       0.35-0.43
 safire-native-default.pt               0.37            0.63
 (safire-native-synth-v2, retired)
 safire-native-default.pt               0.67            0.80
-(safire-native-synth-v3)
+(safire-native-synth-v3, v3.1)
 random ``native`` (seeds 0-1)          0.12-0.13       0.41-0.43
 =====================================  ==============  ===============
 
