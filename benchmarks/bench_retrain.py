@@ -220,6 +220,8 @@ def main() -> int:
     import hashlib
 
     digest = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in parent_model.state_dict().values()))
+    # the calibration (image score, thresholds) changes the automatic-mode numbers of the same weights
+    digest.update(json.dumps(parent_model.meta.get("partition") or {}, sort_keys=True, default=str).encode())
     parent = {}
     for key, part, n_img in (("family", tag, len(family)), ("general", "-general", len(general))):
         # the parent's numbers on these very sets, from an earlier run (the general set is shared)
