@@ -500,15 +500,26 @@ def test_annotations_train_and_new_version(stack, projects, annotated_multi):
     assert data["tasks"] == n and data["samples"] == n, data
     # the record says what it decided and on which numbers (validation tasks, never trained on)
     val_tasks = job["data"]["val_tasks"]
-    assert job["outcome"] == "published" and job["decision"]["val_images"] == len(val_tasks) >= 1, job
+    assert job["outcome"] in ("published", "candidate") and job["decision"]["val_images"] == len(val_tasks) >= 1, job
     assert set(val_tasks) <= set(proj.tasks) and len(val_tasks) == data["splits"]["val"], (val_tasks, data)
     assert job["metrics"]["before"]["count"] == job["metrics"]["after"]["count"] == len(val_tasks)
+    if job["outcome"] == "candidate":
+        # a 6-step child can come out worse on its 1-2 validation tasks (e.g. it splits the authentic
+        # one; SAFIRE_TRAIN_MIN_GAIN=-1 still needs gain > -1): kept as a candidate, the reason in the
+        # record. The analyst's override serves it anyway, so the rest of the test runs on it.
+        d = job["decision"]
+        assert d["gain"] <= -1.0 and "not better" in d["reason"], d
+        assert stack.backend.get(f"/versions/{proj.id}")["current"] != new
+        out = stack.backend.post(f"/versions/{proj.id}/{new}/promote", {})
+        assert out["current"] == new, out
+        RUN["notes"].append(f"retraining: child kept as a candidate ({d['reason']}); served by POST .../promote")
     versions = stack.backend.get(f"/versions/{proj.id}")
     assert versions["current"] == new and new in [v["version"] for v in versions["versions"]]
-    record("scores", "retraining job", f"{new}: {data}")
+    record("scores", "retraining job", f"{new}: {job['outcome']}, {data}")
 
-    ml = client.get(f"/api/ml/{proj.ml_id}")  # LS re-reads /setup: the project's new version
-    assert ml["model_version"] == new, ml
+    # LS re-reads /setup: the project's new version (the registry re-reads CURRENT at most once a second)
+    wait_until(lambda: client.get(f"/api/ml/{proj.ml_id}")["model_version"] == new or None, 30, poll=1.0,
+               what=f"Label Studio to show the new version {new}")
     other = client.get(f"/api/ml/{projects['binary'].ml_id}")
     assert other["model_version"] == old, "another project must keep the base model"
 
@@ -535,8 +546,44 @@ def test_annotations_train_and_new_version(stack, projects, annotated_multi):
         parent.append(pmiou(check_prediction(preds[old], proj.tasks[tid], proj, old), truth))
     record("scores", "multi, held-out validation tasks of the job (pmIoU parent -> child)",
            f"{np.mean(parent):.3f} -> {np.mean(child):.3f} on {len(val_tasks)} task(s)")
-    # a short fine-tune must not wreck the model on images it did not train on
-    assert np.mean(child) >= np.mean(parent) - 0.15, (parent, child)
+    if job["outcome"] == "published":
+        # a short fine-tune that its validation let through must not wreck the model on those images
+        assert np.mean(child) >= np.mean(parent) - 0.15, (parent, child)
+    else:  # the job's verdict, seen through Label Studio's predictions: the child is not better
+        assert np.mean(child) <= np.mean(parent) + 1e-6, (parent, child)
+
+
+def test_promote_rolls_back_and_label_studio_follows(stack, projects, annotated_multi):
+    """A second "Start Training" publishes another version; ``POST /versions/<p>/<v>/promote``
+    serves the first one again (a rollback), the manifest says what it replaced, and Label Studio
+    reads the rolled-back version from /setup."""
+    client, proj = stack.client, annotated_multi
+    first = stack.backend.get(f"/versions/{proj.id}")["current"]
+    assert first, "the training test publishes a version first"
+    with Timer("second training -> job done"):
+        client.request("POST", f"/api/ml/{proj.ml_id}/train", json={})
+        job = wait_until(lambda: (lambda j: j if j and j.get("version") not in (None, first) else None)(
+            _finished_job(stack, proj.id)), TRAIN_TIMEOUT, poll=2.0, what="the second retraining job")
+    assert job["state"] == "succeeded", f"job failed: {job.get('error')}"
+    second = job["version"]
+    if job["outcome"] == "candidate":  # worse on its validation tasks: serve it by hand first
+        assert stack.backend.post(f"/versions/{proj.id}/{second}/promote", {})["current"] == second
+    versions = stack.backend.get(f"/versions/{proj.id}")
+    assert versions["current"] == second and {first, second} <= {v["version"] for v in versions["versions"]}
+    wait_until(lambda: client.get(f"/api/ml/{proj.ml_id}")["model_version"] == second or None, 30, poll=1.0,
+               what=f"Label Studio to show the second version {second}")
+    out = stack.backend.post(f"/versions/{proj.id}/{first}/promote", {})
+    assert out == {"project": str(proj.id), "current": first, "replaced": second}, out
+    versions = stack.backend.get(f"/versions/{proj.id}")
+    assert versions["current"] == first, versions
+    status = {v["version"]: v.get("status") for v in versions["versions"]}
+    assert status[first] == "current" and status[second] == "previous", status
+    # LS re-reads /setup: the rolled-back version, once the backend has re-read CURRENT (the
+    # registry re-reads it at most once a second)
+    wait_until(lambda: client.get(f"/api/ml/{proj.ml_id}")["model_version"] == first or None, 30, poll=1.0,
+               what=f"Label Studio to show the rolled-back version {first}")
+    record("scores", "rollback", f"{second} -> {first} (POST /versions/{proj.id}/{first}/promote)")
+    assert_no_backend_failures(stack)
 
 
 def _finished_job(stack, pid: int) -> Optional[Dict[str, Any]]:
