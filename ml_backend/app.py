@@ -407,7 +407,8 @@ class Backend:
         """Partition settings for a project: the config's ``safire_*`` attributes, else settings.
 
         Binary projects use SAFIRE's binary path (two sources, paper Eq. 11) with the image-level
-        score deciding authentic images, unless ``safire_sources`` says otherwise.
+        score deciding authentic images, unless ``safire_sources`` says otherwise;
+        ``safire_authentic_threshold`` replaces the checkpoint's ``single_source_threshold``.
         """
         s = self.settings
         explicit = _explicit(xml, "safire_sources")
@@ -418,6 +419,8 @@ class Backend:
         }
         if spec.mode == "binary" and not explicit:
             out.update(num_sources=2, gate_authentic=True)
+        if spec.authentic_threshold is not None:  # the project's own point on the calibration curve
+            out["single_source_threshold"] = spec.authentic_threshold
         return out
 
     # -- images and embeddings --------------------------------------------------------------------

@@ -19,6 +19,10 @@ attribute              values                            meaning
 ``safire_threshold``   float in (0, 1), default 0.5      probability threshold for masks
 ``safire_min_area``    float in [0, 0.5], default 0.001  drop mask components smaller than this
                                                          fraction of the image
+``safire_authentic_    float in (0, 1), default: the     image score below which an image is one
+threshold``            checkpoint's calibration          source (authentic); lower: fewer forged
+                                                         images answered empty, more authentic
+                                                         ones split (README calibration curve)
 =====================  ================================  ==========================================
 
 Provenance (optional): a ``<TextArea name="safire_provenance" toName="<image>"/>`` makes every
@@ -63,6 +67,7 @@ TUNING_ATTRIBUTES: Dict[str, str] = {
     "safire_grid": "integer 2..64",
     "safire_threshold": "float in (0, 1)",
     "safire_min_area": "float in [0, 0.5]",
+    "safire_authentic_threshold": "float in (0, 1)",
 }
 
 _IMAGE_TAGS = {"image"}
@@ -116,6 +121,7 @@ class LabelConfigSpec:
     grid_size: int = 16
     threshold: float = 0.5
     min_area: float = 0.001
+    authentic_threshold: Optional[float] = None  # None: the checkpoint's single_source_threshold
     label_colors: Dict[str, str] = field(default_factory=dict, compare=False)
     provenance_name: Optional[str] = None  # <TextArea name="safire_provenance"> for the image, if any
 
@@ -290,14 +296,14 @@ def _parse_tuning(brush: ET.Element, problems: List[str]) -> dict:
                     out["grid_size"] = g
                 else:
                     problems.append(f"{where}: grid size must be within 2..64")
-        elif name == "safire_threshold":
+        elif name in ("safire_threshold", "safire_authentic_threshold"):
             try:
                 t = float(val)
             except ValueError:
                 problems.append(f"{where}: expected a number in (0, 1)")
             else:
                 if 0 < t < 1:
-                    out["threshold"] = t
+                    out["threshold" if name == "safire_threshold" else "authentic_threshold"] = t
                 else:
                     problems.append(f"{where}: threshold must be strictly between 0 and 1")
         elif name == "safire_min_area":

@@ -65,6 +65,8 @@ def preannotate_image(
     k: Union[int, str] = spec.num_sources if sources is None else sources
     if sources is None and spec.mode == "binary" and spec.num_sources == "auto":
         k, tune["gate_authentic"] = 2, True
+    if spec.authentic_threshold is not None:
+        tune["single_source_threshold"] = float(spec.authentic_threshold)
     t0 = time.perf_counter()
     image = load_image(data, max_pixels=max_pixels, exif_transpose=True)
     t1 = time.perf_counter()

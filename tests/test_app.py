@@ -774,3 +774,13 @@ def test_binary_projects_use_two_sources_with_the_authentic_gate(client, monkeyp
         assert r.status_code == 200 and "error" not in r.json["results"][0]
         (num_sources, kw), = calls
         assert (num_sources, kw.get("gate_authentic")) == expected
+        assert "single_source_threshold" not in kw  # the checkpoint's calibration decides
+    # a project's own authentic threshold reaches the partition (multi and binary)
+    for config in (MULTI.replace('<BrushLabels ', '<BrushLabels safire_authentic_threshold="0.3" ', 1),
+                   binary.replace('safire_grid="16"', 'safire_grid="4" safire_authentic_threshold="0.3"')):
+        calls.clear()
+        r = client.post("/predict", json={"tasks": [task], "project": "1.1795310459", "label_config": config,
+                                          "params": {"context": None}})
+        assert r.status_code == 200 and "error" not in r.json["results"][0], r.json
+        (num_sources, kw), = calls
+        assert kw["single_source_threshold"] == 0.3

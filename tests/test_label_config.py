@@ -135,6 +135,8 @@ def test_tuning_attributes():
                                      'safire_min_area="0.01"', brush_labels=SOURCES))
     assert (spec.num_sources, spec.grid_size, spec.threshold, spec.min_area) == (3, 8, 0.4, 0.01)
     assert parse_label_config(config('safire_sources="auto"', SOURCES)).num_sources == "auto"
+    assert parse_label_config(config('', SOURCES)).authentic_threshold is None
+    assert parse_label_config(config('safire_authentic_threshold="0.75"', SOURCES)).authentic_threshold == 0.75
     # forcing the mode
     assert parse_label_config(config('safire_mode="multi"', ("Forged", "Authentic"))).mode == "multi"
     assert parse_label_config(config('safire_mode="binary"', ("Edit",))).mode == "binary"
@@ -151,6 +153,8 @@ def test_tuning_attributes():
         ('safire_threshold="1.5"', "between 0 and 1"),
         ('safire_threshold="x"', "expected a number"),
         ('safire_min_area="0.9"', "within [0, 0.5]"),
+        ('safire_authentic_threshold="1"', "between 0 and 1"),
+        ('safire_authentic_threshold="high"', "expected a number"),
         ('safire_mode="ternary"', "auto, multi or binary"),
         ('safire_gird="16"', "unknown attribute 'safire_gird'"),
     ],

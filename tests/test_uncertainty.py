@@ -222,3 +222,26 @@ def test_preannotate_image_records_uncertainty(micro_model):
     assert unsure["provenance"]["prediction_score"] == "uncertainty"
     assert unsure["provenance"]["score"] == pytest.approx(forgery["provenance"]["score"])  # the forgery score is kept
 
+
+
+def test_preannotate_image_takes_the_projects_authentic_threshold(micro_model):
+    """``safire_authentic_threshold`` on the BrushLabels tag reaches the bulk path's partition: at
+    0.01 nothing is declared authentic, at 0.99 (above any score of this untrained model here) all is."""
+    import io
+
+    from PIL import Image
+
+    from ml_backend.preannotate import preannotate_image
+
+    rng = np.random.default_rng(2)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(buf, format="PNG")
+    found = {}
+    for t in ("0.01", "0.99"):
+        cfg = MULTI.replace("<BrushLabels ", f'<BrushLabels safire_authentic_threshold="{t}" ', 1)
+        pred = preannotate_image(micro_model, buf.getvalue(), cfg, grid=4)
+        prov = pred["provenance"]
+        assert prov["partition"]["single_source_threshold"] == float(t), prov["partition"]
+        found[t] = prov["sources_found"]
+        score = prov["score"]
+    assert found["0.99"] == 1 or score >= 0.99
