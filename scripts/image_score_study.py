@@ -6,8 +6,9 @@
 ``dump`` decodes every image's grid once with the checkpoint (default: the embedded model) and
 stores what an image score may use: the grid prompts' low-resolution mask logits (cropped to the
 image, resized to 32x32), their confidences, representative features, and the truth (number of
-sources). ``compare`` computes every candidate score of :data:`CANDIDATES` from those dumps and
-prints its AUC (authentic vs forged) per file: choose on validation dumps, report on test dumps.
+sources). ``compare`` computes every candidate score of :data:`CANDIDATES` from those dumps, and the
+shipped logistic score of ``safire.image_score`` cross-validated, and prints each AUC (authentic vs
+forged) per file: choose on validation dumps, report on test dumps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safire import metrics as M  # noqa: E402
 from safire.clustering import kmeans_cosine  # noqa: E402
+from safire.image_score import STATISTICS, complementarity, fit_logistic, grid_statistics, logistic_score  # noqa: E402
 
 SIDE = 32
 
@@ -77,8 +79,12 @@ def dump(args) -> int:
 # --- candidate scores: (masks Nx32x32 logits, conf N, feats NxC, valid N) -> float -----------------
 
 def _comp(a: np.ndarray, b: np.ndarray) -> float:
-    pa, pb = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
-    return float((pa * (1 - pb) + pb * (1 - pa)).mean())
+    return complementarity(torch.from_numpy(a), torch.from_numpy(b))
+
+
+def _stats(masks, conf, valid) -> Dict[str, float]:
+    """The library's grid statistics (the dumped masks are already SIDE x SIDE)."""
+    return grid_statistics(torch.from_numpy(masks), torch.from_numpy(conf), valid, side=SIDE)
 
 
 def _winner_comp(masks, conf, feats, valid, k: int) -> float:
@@ -95,14 +101,19 @@ def _binary(masks, valid):
 
 
 def pairwise_disagreement(masks, conf, feats, valid) -> float:
-    """1 - mean IoU over all pairs of binarised prompt masks."""
-    b = _binary(masks, valid).astype(np.float32)
-    if len(b) < 2:
-        return 0.0
-    inter = b @ b.T
-    s = b.sum(1)
-    iou = inter / np.maximum(s[:, None] + s[None] - inter, 1)
-    return float(1 - iou[np.triu_indices(len(b), 1)].mean())
+    """1 - mean IoU over all pairs of binarised prompt masks (``safire.image_score``)."""
+    return _stats(masks, conf, valid)["pairwise_disagreement"]
+
+
+def confidence_mean(masks, conf, feats, valid) -> float:
+    """Mean decoder confidence over all prompts (``safire.image_score``)."""
+    return _stats(masks, conf, valid)["confidence_mean"]
+
+
+def abs_logit(masks, conf, feats, valid) -> float:
+    """Mean |mask logit| of the prompts with a mask (how decided the masks are)."""
+    m = masks[valid] if valid.any() else masks
+    return float(np.abs(m).mean())
 
 
 def partial_share(masks, conf, feats, valid) -> float:
@@ -155,6 +166,8 @@ CANDIDATES: Dict[str, Callable] = {
     "comp3 max pair": lambda *a: _winner_comp(*a, 3),
     "comp4 max pair": lambda *a: _winner_comp(*a, 4),
     "pairwise disagreement": pairwise_disagreement,
+    "confidence mean": confidence_mean,
+    "mean |logit|": abs_logit,
     "soft pairwise": soft_pairwise,
     "partial share": partial_share,
     "vote minority": vote_minority,
@@ -176,6 +189,16 @@ def compare(args) -> int:
                           for i in range(len(forged))])
             print(f"| {name} | {M.image_auc(s.tolist(), forged.tolist()):.3f} | "
                   f"{M.image_auc(s[big].tolist(), forged[big].tolist()):.3f} |")
+        # the shipped score: a logistic model of the two statistics, 5-fold cross-validated here
+        rows = [_stats(d["masks"][i].astype(np.float32), d["conf"][i], d["valid"][i]) for i in range(len(forged))]
+        fold = np.random.default_rng(0).permutation(len(forged)) % 5
+        cv = np.zeros(len(forged))
+        for f in range(5):
+            model = fit_logistic([rows[i] for i in np.flatnonzero(fold != f)], forged[fold != f], STATISTICS)
+            for i in np.flatnonzero(fold == f):
+                cv[i] = logistic_score(rows[i], model)
+        print(f"| logistic of {' + '.join(STATISTICS)} (5-fold CV) | {M.image_auc(cv.tolist(), forged.tolist()):.3f} | "
+              f"{M.image_auc(cv[big].tolist(), forged[big].tolist()):.3f} |")
     return 0
 
 

@@ -67,7 +67,8 @@ def image_records(model, data: Sequence[Any], *, ious: Sequence[float] = IOUS, g
                 res = partition_from_grid(grid, emb.embedding[0], model.config.img_size, emb.orig_hw, "auto",
                                           seed=seed, single_source_threshold=-1.0, iou_threshold=iou)
                 rec["split"][iou] = (M.permuted_miou(res.labels, gt), int(res.num_sources))
-                rec["statistics"], rec["complementarity"] = res.statistics, float(res.score)
+            # score inputs do not depend on iou_threshold: the last partition's
+            rec["statistics"], rec["complementarity"] = res.statistics, float(res.score)
             out.append(rec)
     return out
 
