@@ -5,7 +5,7 @@
 
 Online, the project's tasks are listed page by page (``GET /api/tasks``, keyset pages on the task
 id, split into id ranges that list in parallel), every task without a prediction of the current
-model version is predicted by the backend's own code (:meth:`ml_backend.app.Backend.preannotate`:
+model version is predicted by the backend's own code (:meth:`ml_backend.backend.Backend.preannotate`:
 the same fetcher with the server's limits and allow-list, the same partition settings from the label
 config and ``SAFIRE_SOURCES/GRID/SEED``, the same model version, the same provenance), and the
 predictions go back in chunks with ``POST /api/projects/<id>/import/predictions`` (retries with
@@ -94,7 +94,8 @@ class TaskPredictor:
     def __init__(self, job: Mapping[str, Any]) -> None:
         import torch
 
-        from .app import Backend, parse_config
+        from .backend import Backend
+        from .runtime import parse_config
         from .models import ModelRegistry
         from .settings import Settings
 
@@ -530,7 +531,7 @@ def _settings_dict(settings: Any) -> Dict[str, Any]:
 def run(opts: Options, settings: Any, *, progress_callback: Optional[Callable[[Dict[str, Any]], None]] = None,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Manifest:
     """Plan, predict, upload (or write) and account for every task; the manifest."""
-    from .app import Backend, parse_config
+    from .runtime import parse_config
     from .label_config import LabelConfigError
 
     t_start = time.monotonic()

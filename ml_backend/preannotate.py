@@ -57,7 +57,7 @@ def preannotate_image(
     from safire.predictor import SafirePredictor
     from safire.provenance import build_provenance
 
-    from .app import work_hw
+    from .runtime import work_hw
 
     spec = parse_label_config(spec) if isinstance(spec, str) else spec
     version = str(model_version or (getattr(model, "meta", None) or {}).get("model_version") or "unknown")

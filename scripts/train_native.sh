@@ -2,7 +2,7 @@
 # The recipe of the embedded default model (safire/weights/safire-native-default.pt): the native-
 # resolution variant, trained on native-resolution crops of synthetic composites, on CPU.
 #
-#   bash scripts/train_native.sh STAGE [WORK_DIR]        STAGE: data | a | b | c | all   (WORK_DIR default: data)
+#   bash scripts/train_native.sh STAGE [WORK_DIR]        STAGE: data | a | b | c | d | all   (WORK_DIR default: data)
 #
 #   data  synthetic training sets (bundled photos: synth-a; the installed pool, `make photos`:
 #         synth-b) and held-out validation/test sets (held-out photos only)
@@ -11,6 +11,10 @@
 #   c     continue from the widened stage-b weights (INIT=...; e.g. INIT=safire/weights/safire-native-default.pt
 #         to continue the shipped model) on synth-a + synth-b (resumable); then ship with
 #         safire calibrate --checkpoint WORK_DIR/runs/c/last.pt --data WORK_DIR/val-mix --out X.pt --half
+#   d     continue the shipped model (or INIT=...) on the CPU with the GPU recipe's data: composites of
+#         generator v2 made on the fly by one worker, each used for REPEAT=4 random 384-px native crops;
+#         lr 2e-4 cosine over MAX_SECONDS (default 6600) of wall time (resumable: run it again); then
+#         make calibrate CHECKPOINT=WORK_DIR/runs/d/model.pt OUT=X.pt
 #
 # Every run checkpoints to WORK_DIR/runs/<stage>/last.pt every 250 steps and resumes from it, so a
 # killed run loses at most 250 steps. Seeds are fixed. SAFIRE_THREADS (default 2) sets torch
@@ -56,11 +60,29 @@ stage_c() {
     --model-version safire-native-synth-v2 --max-seconds "${MAX_SECONDS:-0}" "${COMMON[@]}" --resume
 }
 
+stage_d() {
+  local init=${INIT:-safire/weights/safire-native-default.pt}
+  $PY -m training.train --data "synth:train?n=1000000&seed=${SEED:-11}&sources=1-4&authentic=0.2&size=384-800" \
+    --val "$W/val-mix" --val-every 800 --val-limit 32 --out-dir "$W/runs/d" --variant native \
+    --init-checkpoint "$init" --device cpu "$AMP" --batch-size 8 --crop-size 384 --repeat "${REPEAT:-4}" \
+    --num-pairs 4 --lr "${LR:-2e-4}" --warmup-steps 50 --steps 1000000 --time-schedule \
+    --max-seconds "${MAX_SECONDS:-6600}" --r2r-weight 0.1 --pool-prob 0.25 --trainable all --workers 1 \
+    --threads "$T" --save-every 100 --log-every 25 --model-version "${VERSION:-safire-native-cpu-d}" --resume
+  $PY - "$W/runs/d/last.pt" "$W/runs/d/model.pt" <<'PYEOF'
+import sys, torch
+ck = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+ck.pop("train_state", None)
+torch.save(ck, sys.argv[2])
+print("weights:", sys.argv[2])
+PYEOF
+}
+
 case "$STAGE" in
   data) data ;;
   a) data; stage_a ;;
   b) data; stage_b ;;
   c) data; stage_c ;;
+  d) data; stage_d ;;
   all) data; stage_a; stage_b ;;
-  *) echo "unknown stage $STAGE (data | a | b | c | all)" >&2; exit 2 ;;
+  *) echo "unknown stage $STAGE (data | a | b | c | d | all)" >&2; exit 2 ;;
 esac

@@ -709,7 +709,7 @@ def test_large_partitions_keep_per_source_maps_at_a_working_resolution(client, m
     to the original size only when it is encoded: masks still match the image Label Studio shows."""
     import importlib
 
-    import ml_backend.app as A
+    import ml_backend.backend as A
 
     P = importlib.import_module("safire.partition")
     seen = []
@@ -743,7 +743,7 @@ def test_large_partitions_keep_per_source_maps_at_a_working_resolution(client, m
 
 
 def test_work_hw():
-    from ml_backend.app import work_hw
+    from ml_backend.runtime import work_hw
 
     assert work_hw((480, 640), 4) == (480, 640)
     h, w = work_hw((5000, 8000), 16, budget=256 * 2**20)

@@ -43,7 +43,7 @@ MB = 2**20
 
 # documented bounds (docs/security.md, "Memory"): a request's peak RSS above the idle server
 # process is at most PER_PIXEL_BYTES per image pixel plus SLACK_MB (the partition's per-source maps,
-# ml_backend.app.PARTITION_MAP_BYTES, and the rest); for a 40 MP image that is under 1 GiB.
+# ml_backend.runtime.PARTITION_MAP_BYTES, and the rest); for a 40 MP image that is under 1 GiB.
 BOUND_40MP_MB = 1024
 PER_PIXEL_BYTES = 16
 SLACK_MB = 320
@@ -685,7 +685,7 @@ def test_remembered_configs_are_bounded(micro_registry):
 
 
 def test_job_views_hold_no_paths_or_urls():
-    from ml_backend.app import _job_view
+    from ml_backend.runtime import _job_view
 
     rec = {"id": "j1", "project": "3", "state": "failed", "log": "/data/models/3/jobs/j1.log",
            "model_dir": "/data/models", "label_studio_url": "http://ls:8080", "parent_checkpoint": "/w/m.pt",
