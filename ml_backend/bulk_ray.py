@@ -29,7 +29,7 @@ __all__ = ["run_ray"]
 
 
 def _list_rows(row: Dict[str, Any], conn: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    from ml_backend.bulk import list_shard
+    from ml_backend.bulk_io import list_shard
 
     return list_shard(conn, int(row["after"]), int(row["before"]))
 
@@ -67,7 +67,7 @@ def run_ray(job: Mapping[str, Any], opts: Any, *, shards: Sequence[Tuple[int, in
     import ray
     import ray.data
 
-    from ml_backend.bulk import TaskPredictor
+    from ml_backend.bulk_worker import TaskPredictor
 
     try:
         ctx = ray.data.DataContext.get_current()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend import bulk
+from ml_backend import bulk, bulk_io, bulk_state
 from ml_backend.lsclient import LabelStudioError
 from ml_backend.rle import decode_rle
 from ml_backend.settings import Settings
@@ -124,20 +124,20 @@ def test_offline_resume_after_an_interruption_never_redoes_a_task(export, tmp_pa
 
 
 def test_one_run_per_state_folder(tmp_path):
-    state = bulk.State(tmp_path / "s")
+    state = bulk_state.State(tmp_path / "s")
     try:
         with pytest.raises(bulk.BulkError, match="another"):
-            bulk.State(tmp_path / "s")
+            bulk_state.State(tmp_path / "s")
     finally:
         state.close()
-    bulk.State(tmp_path / "s").close()
+    bulk_state.State(tmp_path / "s").close()
 
 
 def test_shard_ranges_cover_every_id_once():
-    ranges = bulk.shard_ranges(5, 1003, 7)
+    ranges = bulk_io.shard_ranges(5, 1003, 7)
     ids = [i for a, b in ranges for i in range(a + 1, b)]
     assert ids == list(range(5, 1004))
-    assert bulk.shard_ranges(0, 0, 4) == []
+    assert bulk_io.shard_ranges(0, 0, 4) == []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,10 +181,10 @@ class FakeLS:
 
 
 def _sink(tmp_path, ls: FakeLS, overwrite: bool = False):
-    m = bulk.Manifest(mode="online", model_version=ls.version, project="1", run_id="r")
-    state = bulk.State(tmp_path / "state")
-    sink = bulk.Sink(m, state, bulk.Progress(8, enabled=False), client=ls, project=1, chunk=3, overwrite=overwrite,
-                     log=lambda s: None)
+    m = bulk_state.Manifest(mode="online", model_version=ls.version, project="1", run_id="r")
+    state = bulk_state.State(tmp_path / "state")
+    sink = bulk_io.Sink(m, state, bulk_state.Progress(8, enabled=False), client=ls, project=1, chunk=3,
+                        overwrite=overwrite, log=lambda s: None)
     return m, state, sink
 
 
@@ -219,10 +219,10 @@ def test_overwrite_replaces_existing_predictions(tmp_path):
 
 def test_selection_rules():
     t = {"id": 5}
-    assert bulk.select(t, ["v0"], "v1", False) == "predict"
-    assert bulk.select(t, ["v0", "v1"], "v1", False) == "has_version"
-    assert bulk.select(t, ["v1"], "v1", True) == "predict"
-    assert bulk.select(t, ["v1"], "v1", True, {5}) == "done_earlier"
+    assert bulk_io.select(t, ["v0"], "v1", False) == "predict"
+    assert bulk_io.select(t, ["v0", "v1"], "v1", False) == "has_version"
+    assert bulk_io.select(t, ["v1"], "v1", True) == "predict"
+    assert bulk_io.select(t, ["v1"], "v1", True, {5}) == "done_earlier"
 
 
 # ------------------------------------------------------------------------------------------------
