@@ -19,7 +19,7 @@ from .bulk_state import BulkError
 def _skip_reason(e: BaseException) -> str:
     from safire.io import ImageLoadError
 
-    from .fetch import FetchError, TooLargeError
+    from .fetch_errors import FetchError, TooLargeError
 
     if isinstance(e, TooLargeError):
         return "too_large"
@@ -86,7 +86,7 @@ class TaskPredictor:
             return {"id": tid, "status": "predicted", "reason": "", "message": "", "prediction": pred,
                     "seconds": time.perf_counter() - t0}
         except Exception as e:  # one bad image never stops the run
-            from .fetch import log_text
+            from .fetch_errors import log_text
 
             reason = _skip_reason(e)
             msg = log_text(f"{type(e).__name__}: {e}", 400)

@@ -104,7 +104,8 @@ class LabelStudioClient:
 
     def __init__(self, url: str, api_key: str, timeout: float = 60.0, session=None, download: Any = None,
                  error: type = LabelStudioError):
-        from ml_backend.fetch import FetchError, ImageFetcher
+        from ml_backend.fetch import ImageFetcher
+        from ml_backend.fetch_errors import FetchError
         from ml_backend.settings import SettingsError, download_settings, redact
 
         self._error = error
@@ -131,7 +132,7 @@ class LabelStudioClient:
 
     # -- plumbing --------------------------------------------------------------------------
     def _fail(self, what: str, e: Exception) -> Exception:
-        from ml_backend.fetch import FetchTimeoutError, HTTPStatusError, UnreachableError
+        from ml_backend.fetch_errors import FetchTimeoutError, HTTPStatusError, UnreachableError
 
         err = self._error(f"{what}: {e}")
         status = getattr(e, "status", None)
@@ -254,7 +255,7 @@ class LabelStudioClient:
 
     # -- media ------------------------------------------------------------------------------------
     def fetch_image(self, url: str, task_id: Optional[int] = None) -> bytes:
-        from ml_backend.fetch import display_url
+        from ml_backend.fetch_errors import display_url
 
         try:
             return self.fetcher.fetch(url, task_id)

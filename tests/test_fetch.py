@@ -22,20 +22,19 @@ from flask import Flask, Response, redirect, request
 from PIL import Image
 from werkzeug.serving import make_server
 
-from ml_backend.fetch import (
+from ml_backend.fetch import ImageFetcher, jwt_payload
+from ml_backend.fetch_errors import (
     AuthError,
     FetchConfigError,
     FetchTimeoutError,
     HostNotAllowedError,
     HTTPStatusError,
-    ImageFetcher,
     InvalidURLError,
     LocalFileError,
     NotFoundError,
     TooLargeError,
     UnreachableError,
     display_url,
-    jwt_payload,
 )
 from ml_backend.settings import Settings
 
@@ -509,7 +508,7 @@ def test_rebinding_name_is_refused_before_connecting(ls, monkeypatch):
 
 
 def test_task_ids_must_be_integers():
-    from ml_backend.fetch import task_id_int
+    from ml_backend.fetch_resolve import task_id_int
 
     assert task_id_int(7) == 7 and task_id_int(" 12 ") == 12
     for bad in ("1/../../api/projects/1/export", "1?x", "-1", "0", 0, "1.0", 1.0, True, None, "", "١٢", 2**63):
@@ -578,7 +577,7 @@ def test_credentials_in_label_studio_url_are_refused_and_not_echoed():
 
 
 def test_display_url_and_log_text_escape_control_characters():
-    from ml_backend.fetch import log_text
+    from ml_backend.fetch_errors import log_text
 
     assert "\n" not in display_url("/data/upload/1/a.png\nFAKE LINE")  # (urlsplit drops CR/LF/TAB)
     assert display_url("/data/upload/1/a\x00b\x85.png") == "/data/upload/1/a\\x00b\\x85.png"
