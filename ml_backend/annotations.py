@@ -2,7 +2,7 @@
 result is parsed, and how brush regions become a multi-source or binary source map.
 
 The rules are documented in ``docs/dataset-format.md`` ("Label Studio export rules") and in
-:class:`ml_backend.export.ExportRules`; :mod:`ml_backend.export` writes the dataset.
+:class:`ml_backend.export_rules.ExportRules`; :mod:`ml_backend.export` writes the dataset.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ml_backend.lsclient import LabelStudioError
 from ml_backend.rle import RLEError, decode_rle
 
 if TYPE_CHECKING:
-    from ml_backend.export import ExportRules
+    from ml_backend.export_rules import ExportRules
 
 __all__ = ["ExportError", "IGNORE", "UNLABELLED", "select_annotation"]
 

@@ -22,20 +22,20 @@ Public API: :func:`export_dataset`, :class:`ExportRules`, :class:`ExportManifest
 The export is split along its seams, one module each: the Label Studio client
 (:mod:`ml_backend.lsclient`, shared with the retraining jobs and ``safire preannotate``), annotation
 selection, result parsing and mask building (:mod:`ml_backend.annotations`), image lookup and
-loading (:mod:`ml_backend.imagefiles`), provenance records (:mod:`ml_backend.provenance_index`);
-this module holds the rules, the manifest, the dataset writer and the command line. Their public
-names stay importable from here.
+loading (:mod:`ml_backend.imagefiles`), provenance records (:mod:`ml_backend.provenance_index`),
+the rules and the manifest (:mod:`ml_backend.export_rules`), the command line
+(:mod:`ml_backend.export_cli`); this module holds the dataset writer. Their public names stay
+importable from here.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -55,6 +55,8 @@ from ml_backend.annotations import (  # noqa: F401 - re-exported (the export's s
     _Skip,
     select_annotation,
 )
+from ml_backend.export_cli import main  # noqa: F401 - re-exported (safire export, python -m ml_backend.export)
+from ml_backend.export_rules import ExportManifest, ExportRules
 from ml_backend.imagefiles import (  # noqa: F401
     FetchImage,
     LocalImageResolver,
@@ -83,117 +85,6 @@ __all__ = [
 
 LAYOUT_DIRS = ("images", "sources", "masks_safirems", "masks_binary", "meta", "splits")
 NAME_PREFIX = "ls_"
-
-
-# ----------------------------------------------------------------------------------------
-# rules and manifest
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class ExportRules:
-    """How annotations become source masks (see docs/dataset-format.md).
-
-    unlabelled: multi mode only. ``"host"``: pixels no brush region covers join the host
-        label's source (annotators only paint the foreign sources); ``"ignore"``: they are
-        written as 255 in ``sources/``. Binary mode: unpainted pixels are always authentic.
-    overlap: multi mode only. ``"last"``: where brush regions overlap, the region later in the
-        annotation's ``result`` list wins (paint order); ``"highest"``: the label later in the
-        config wins. Binary mode: forged always wins over authentic.
-    empty_is_authentic: an annotation without any brush pixels and without an image-level
-        "authentic" choice is skipped (False) or taken as an authentic image (True).
-    prefer_ground_truth: choose a ``ground_truth`` annotation over more recent ones.
-    reindex_by_area: multi mode: renumber sources by decreasing area so 0 is the largest
-        (the dataset convention). Binary mode never reorders (0 = authentic, 1 = forged).
-    """
-
-    unlabelled: str = "host"
-    overlap: str = "last"
-    empty_is_authentic: bool = False
-    prefer_ground_truth: bool = True
-    reindex_by_area: bool = True
-
-    def validate(self) -> None:
-        if self.unlabelled not in ("host", "ignore"):
-            raise ExportError(f"unlabelled must be 'host' or 'ignore', got {self.unlabelled!r}")
-        if self.overlap not in ("last", "highest"):
-            raise ExportError(f"overlap must be 'last' or 'highest', got {self.overlap!r}")
-
-
-@dataclass
-class ExportManifest:
-    out_dir: str
-    total: int
-    mode: str
-    labels: List[str]
-    samples: List[Dict[str, Any]] = field(default_factory=list)  # name, task_id, num_sources, split
-    skipped: List[Dict[str, Any]] = field(default_factory=list)  # id, reason, code
-    rules: Dict[str, Any] = field(default_factory=dict)
-    splits: Dict[str, int] = field(default_factory=dict)
-    provenance: Dict[str, Any] = field(default_factory=dict)  # counts by status, changed samples
-
-    @property
-    def count(self) -> int:
-        return len(self.samples)
-
-    @property
-    def num_sources_histogram(self) -> Dict[str, int]:
-        hist: Dict[str, int] = {}
-        for s in self.samples:
-            k = str(s["num_sources"])
-            hist[k] = hist.get(k, 0) + 1
-        return dict(sorted(hist.items(), key=lambda kv: int(kv[0])))
-
-    @property
-    def skipped_by_code(self) -> Dict[str, int]:
-        out: Dict[str, int] = {}
-        for s in self.skipped:
-            out[s["code"]] = out.get(s["code"], 0) + 1
-        return out
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "format": "safire-dataset",
-            "version": 1,
-            "count": self.count,
-            "num_sources_histogram": self.num_sources_histogram,
-            "labels": list(self.labels),
-            "skipped": list(self.skipped),
-            "source": "label-studio",
-            "mode": self.mode,
-            "total_tasks": self.total,
-            "authentic": sum(1 for s in self.samples if s["num_sources"] == 1),
-            "skipped_by_code": self.skipped_by_code,
-            "rules": dict(self.rules),
-            "splits": dict(self.splits),
-            "provenance": dict(self.provenance),
-            "samples": [dict(s) for s in self.samples],
-        }
-
-    def summary(self) -> str:
-        lines = [
-            f"exported {self.count} of {self.total} tasks to {self.out_dir} "
-            f"({self.mode} mode; sources histogram {self.num_sources_histogram}; "
-            f"splits {self.splits})"
-        ]
-        changed = self.provenance.get("changed_samples") or []
-        if self.provenance:
-            lines.append("provenance: " + ", ".join(f"{k} {self.provenance.get(k, 0)}"
-                                                    for k in ("match", "changed", "unknown")))
-        if changed:
-            lines.append(f"WARNING: {len(changed)} image(s) changed since they were predicted "
-                         "(SHA-256 of the exported bytes differs from the prediction's):")
-            for c in changed[:20]:
-                lines.append(f"  {c['name']} (task {c['task_id']}): predicted {str(c['predicted_sha256'])[:16]}..., "
-                             f"now {str(c['image_sha256'])[:16]}...")
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)}: " + ", ".join(
-                f"{k} x{v}" for k, v in sorted(self.skipped_by_code.items())))
-            for s in self.skipped[:20]:
-                lines.append(f"  task {s['id']}: {s['reason']}")
-            if len(self.skipped) > 20:
-                lines.append(f"  ... {len(self.skipped) - 20} more (see manifest.json)")
-        return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------
@@ -490,130 +381,7 @@ def export_dataset(
     return manifest
 
 
-# ----------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="safire export",
-        description="Turn a Label Studio JSON export (or a live project) into a SAFIRE dataset "
-                    "(docs/dataset-format.md).",
-    )
-    p.add_argument("export", nargs="?", help="Label Studio export (JSON list of tasks); "
-                                             "omit with --project")
-    p.add_argument("--out", required=True, help="output dataset directory")
-    p.add_argument("--config", help="label config XML file (default: the project's config with "
-                                    "--project, else labels inferred from the export)")
-    p.add_argument("--labels", help="comma-separated label order when no config is given")
-    p.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL"),
-                   help="Label Studio base URL (default $LABEL_STUDIO_URL)")
-    p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
-                   help="legacy token or personal access token (default $LABEL_STUDIO_API_KEY)")
-    p.add_argument("--project", type=int, help="export project ID live (needs --url, --api-key)")
-    p.add_argument("--all-tasks", action="store_true",
-                   help="with --project: include tasks without annotations (they are skipped)")
-    p.add_argument("--images-root", help="directory with local copies of the images")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--unlabelled", choices=("host", "ignore"), default="host",
-                   help="multi-source: unpainted pixels join the host source or are ignored (255)")
-    p.add_argument("--overlap", choices=("last", "highest"), default="last",
-                   help="multi-source: overlapping regions: later region or higher label wins")
-    p.add_argument("--empty-is-authentic", action="store_true",
-                   help="annotations without regions count as authentic images")
-    p.add_argument("--no-ground-truth-first", action="store_true",
-                   help="pick the most recent annotation even if another is ground truth")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
-    p.add_argument("--save-export", action="store_true",
-                   help="with --project: also save the raw export as OUT/labelstudio_export.json")
-    p.add_argument("--provenance", nargs="+", metavar="FILE|DIR",
-                   help="provenance records to check images against: the backend's MODEL_DIR/provenance/"
-                        "*.jsonl, a JSON list of predictions (GET /api/predictions/?project=ID), safire "
-                        "predict outputs (docs/provenance.md)")
-    p.add_argument("--skip-changed", action="store_true",
-                   help="skip images whose bytes changed since they were predicted (default: keep them, "
-                        "report them in manifest.json and on stderr)")
-    p.add_argument("--no-prediction-provenance", action="store_true",
-                   help="with --project: do not read the project's predictions from Label Studio")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(None if argv is None else list(argv))
-    err = sys.stderr
-    try:
-        client = None
-        if args.project is not None or (args.url and args.api_key):
-            if args.project is not None and not (args.url and args.api_key):
-                raise ExportError("--project needs --url and --api-key (or LABEL_STUDIO_URL / "
-                                  "LABEL_STUDIO_API_KEY)")
-            if args.url and args.api_key:
-                client = LabelStudioClient(args.url, args.api_key)
-
-        config_xml = None
-        if args.config:
-            with open(args.config, encoding="utf-8") as f:
-                config_xml = f.read()
-
-        if args.project is not None:
-            assert client is not None
-            tasks = client.export_tasks(args.project, all_tasks=args.all_tasks)
-            if config_xml is None:
-                config_xml = client.get_project(args.project).get("label_config")
-            if args.save_export:
-                os.makedirs(args.out, exist_ok=True)
-                _write_json(os.path.join(args.out, "labelstudio_export.json"), tasks, indent=None)
-        elif args.export:
-            with open(args.export, encoding="utf-8") as f:
-                tasks = json.load(f)
-        else:
-            raise ExportError("give an export file or --project ID")
-        if not isinstance(tasks, list):
-            raise ExportError("the export must be a JSON list of tasks (exportType=JSON)")
-        if tasks and all(isinstance(t, dict) and "annotations" not in t for t in tasks):
-            print("warning: no task has an 'annotations' key: is this JSON_MIN? use exportType=JSON",
-                  file=err)
-        if not args.images_root and client is None:
-            raise ExportError("no way to get images: give --images-root DIR and/or --url/--api-key")
-        index = load_provenance(args.provenance) if args.provenance else ProvenanceIndex()
-        if args.project is not None and client is not None and not args.no_prediction_provenance:
-            try:
-                index.add(client.list_predictions(args.project))
-            except ExportError as exc:
-                print(f"warning: cannot read the project's predictions (provenance): {exc}", file=err)
-
-        manifest = export_dataset(
-            tasks,
-            args.out,
-            fetch_image=client.fetch_image if client is not None else None,
-            max_pixels=client.max_pixels if client is not None else 40_000_000,
-            images_root=args.images_root,
-            label_config=config_xml,
-            labels=[x.strip() for x in args.labels.split(",")] if args.labels else None,
-            rules=ExportRules(
-                unlabelled=args.unlabelled,
-                overlap=args.overlap,
-                empty_is_authentic=args.empty_is_authentic,
-                prefer_ground_truth=not args.no_ground_truth_first,
-            ),
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            log=(lambda m: print(m, file=err)) if args.verbose else None,
-            provenance=index,
-            skip_changed=args.skip_changed,
-        )
-    except ExportError as exc:
-        print(f"safire export: error: {exc}", file=err)
-        return 2
-    except Exception as exc:  # label config errors, JSON errors, network errors
-        print(f"safire export: error: {type(exc).__name__}: {exc}", file=err)
-        return 2
-    print(manifest.summary())
-    return 0 if manifest.count else 1
 
 
 if __name__ == "__main__":
