@@ -106,7 +106,8 @@ class LabelStudioClient:
                  error: type = LabelStudioError):
         from ml_backend.fetch import ImageFetcher
         from ml_backend.fetch_errors import FetchError
-        from ml_backend.settings import SettingsError, download_settings, redact
+        from ml_backend.settings import SettingsError, download_settings
+        from ml_backend.settings_parsers import redact
 
         self._error = error
         if not re.match(r"^https?://", url or ""):

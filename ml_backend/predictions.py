@@ -60,7 +60,7 @@ import numpy as np
 
 from .label_config import LabelConfigSpec
 from .rle import clean_mask, encode_rle
-from .settings import PREDICTION_SCORES
+from .settings_parsers import PREDICTION_SCORES
 
 __all__ = [
     "PROVENANCE_KEY",
