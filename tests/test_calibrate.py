@@ -110,3 +110,34 @@ def test_fitted_score_model_is_stored_and_used(tmp_path):
     assert abs(fitted.score - logistic_score(plain.statistics, sm)) < 1e-12
     # complementarity only: no score model
     assert calibrate(m, data, thresholds=(0.5,), ious=(0.5,), grid_size=4, score="complementarity")["image_score"] is None
+
+
+def test_ship_checkpoint_keeps_weights_and_calibration_and_extends_the_lineage(tmp_path):
+    """scripts/ship_checkpoint.py: the parent's lineage plus the new entries, the new version, the
+    test metrics; weights and calibration unchanged, and the result loads."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
+    from ship_checkpoint import main as ship_main
+
+    m, parent = _checkpoint(tmp_path)
+    ck = torch.load(parent, map_location="cpu", weights_only=False)
+    ck["meta"].setdefault("provenance", {})["lineage"] = ["stage a: from scratch"]
+    torch.save(ck, parent)
+    child = tmp_path / "child.pt"
+    save_checkpoint(m, child, variant="micro", config=m.config, model_version="micro-run",
+                    partition={"single_source_threshold": 0.7, "iou_threshold": 0.4})
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"summary": {"miou_k": 0.61, "image_auc": 0.9, "note": "text is dropped"}}))
+    out = tmp_path / "shipped.pt"
+    assert ship_main(["--checkpoint", str(child), "--version", "micro-v2", "--lineage", "stage b: continued",
+                      "--parent", str(parent), "--metrics", str(ev), "--metrics-on", "4 toys", "--out", str(out)]) == 0
+    m2 = build_safire(checkpoint=out)
+    meta = m2.meta
+    assert meta["model_version"] == "micro-v2"
+    assert meta["provenance"]["lineage"] == ["stage a: from scratch", "stage b: continued"]
+    assert meta["metrics"] == {"miou_k": 0.61, "image_auc": 0.9} and meta["metrics_on"] == "4 toys"
+    assert calibrated_defaults(m2) == {"single_source_threshold": 0.7, "iou_threshold": 0.4}
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
