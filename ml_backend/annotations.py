@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ml_backend.label_config import LabelConfigSpec, infer_mode, is_authentic_label, is_forged_label
+from ml_backend.label_config import LabelConfigSpec
+from ml_backend.label_words import infer_mode, is_authentic_label, is_forged_label
 from ml_backend.lsclient import LabelStudioError
 from ml_backend.rle import RLEError, decode_rle
 

@@ -65,7 +65,8 @@ from ml_backend.imagefiles import (  # noqa: F401
     _image_bytes_for,
     _load_image,
 )
-from ml_backend.label_config import LabelConfigSpec, is_authentic_label, is_forged_label, parse_label_config
+from ml_backend.label_config import LabelConfigSpec, parse_label_config
+from ml_backend.label_words import is_authentic_label, is_forged_label
 from ml_backend.lsclient import ImageFetchError, LabelStudioClient  # noqa: F401
 from ml_backend.provenance_index import ProvenanceIndex, _task_provenance, load_provenance  # noqa: F401
 

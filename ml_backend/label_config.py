@@ -32,6 +32,10 @@ pre-annotation carry a text result with the prediction's provenance and the link
 Mode inference: ``binary`` when the BrushLabels tag has a single label or all its labels are
 forged-like (Forged, Tampered, Manipulated, ...) or authentic-like (Authentic, Pristine, Real,
 ...); otherwise ``multi`` (one label per source, in config order).
+
+Label words (forged-like / authentic-like names and the mode they imply) are in
+:mod:`ml_backend.label_words`, the ``safire_*`` attributes' parser in :mod:`ml_backend.label_tuning`;
+this module holds the spec and the parser of the whole config.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from .label_tuning import TUNING_ATTRIBUTES, _parse_tuning  # noqa: F401 - TUNING_ATTRIBUTES re-exported
+from .label_words import infer_mode, is_authentic_label, is_forged_label  # noqa: F401 - also re-exported
 
 __all__ = [
     "ChoicesSpec",
@@ -51,24 +58,6 @@ __all__ = [
     "is_forged_label",
     "parse_label_config",
 ]
-
-FORGED_WORDS = (
-    "forged", "forgery", "tampered", "tampering", "manipulated", "manipulation", "fake",
-    "edited", "spliced", "splicing", "altered", "modified", "synthetic", "generated",
-)
-AUTHENTIC_WORDS = (
-    "authentic", "pristine", "real", "original", "genuine", "untampered", "unmodified",
-    "background", "clean", "host",
-)
-
-TUNING_ATTRIBUTES: Dict[str, str] = {
-    "safire_mode": "auto | multi | binary",
-    "safire_sources": "auto | integer 1..16",
-    "safire_grid": "integer 2..64",
-    "safire_threshold": "float in (0, 1)",
-    "safire_min_area": "float in [0, 0.5]",
-    "safire_authentic_threshold": "float in (0, 1)",
-}
 
 _IMAGE_TAGS = {"image"}
 _BRUSH_TAGS = {"brushlabels"}
@@ -176,43 +165,6 @@ class LabelConfigSpec:
 
 
 # ------------------------------------------------------------------------------------
-# label words
-# ------------------------------------------------------------------------------------
-
-
-def _words(label: str) -> List[str]:
-    return re.findall(r"[a-z]+", label.lower())
-
-
-def is_forged_label(label: str) -> bool:
-    w = _words(label)
-    if any(x in ("not", "non", "un", "no") for x in w):
-        return False
-    return any(x in FORGED_WORDS for x in w)
-
-
-def is_authentic_label(label: str) -> bool:
-    w = _words(label)
-    if any(x in AUTHENTIC_WORDS for x in w):
-        return True
-    # "not forged", "non-manipulated", "untampered"
-    return any(x in ("not", "non", "no") for x in w) and any(x in FORGED_WORDS for x in w)
-
-
-def infer_mode(labels: Sequence[str]) -> str:
-    """``binary`` for a single label or only forged-/authentic-like labels, else ``multi``."""
-    labels = list(labels)
-    if len(labels) <= 1:
-        return "binary"
-    forged = [lab for lab in labels if is_forged_label(lab)]
-    authentic = [lab for lab in labels if is_authentic_label(lab) and lab not in forged]
-    if len(forged) == 1 and len(forged) + len(authentic) == len(labels) and len(authentic) <= 1:
-        # "Source 1 (host)" is authentic-like, so require a forged-like partner too
-        return "binary"
-    return "multi"
-
-
-# ------------------------------------------------------------------------------------
 # parsing
 # ------------------------------------------------------------------------------------
 
@@ -258,69 +210,6 @@ def _pick(tags: List[ET.Element], image_name: Optional[str], prefer_smart: bool)
         if smart:
             return smart[0]
     return pool[0]
-
-
-def _parse_tuning(brush: ET.Element, problems: List[str]) -> dict:
-    out: dict = {}
-    for key, raw in brush.attrib.items():
-        if not key.lower().startswith("safire_"):
-            continue
-        name = key.lower()
-        val = raw.strip()
-        where = f'BrushLabels attribute {key}="{raw}"'
-        if name == "safire_mode":
-            if val.lower() not in ("auto", "multi", "binary"):
-                problems.append(f"{where}: expected auto, multi or binary")
-            else:
-                out["mode"] = val.lower()
-        elif name == "safire_sources":
-            if val.lower() == "auto":
-                out["num_sources"] = "auto"
-            else:
-                try:
-                    n = int(val)
-                except ValueError:
-                    problems.append(f'{where}: expected "auto" or an integer 1..16')
-                else:
-                    if 1 <= n <= 16:
-                        out["num_sources"] = n
-                    else:
-                        problems.append(f"{where}: number of sources must be within 1..16")
-        elif name == "safire_grid":
-            try:
-                g = int(val)
-            except ValueError:
-                problems.append(f"{where}: expected an integer 2..64")
-            else:
-                if 2 <= g <= 64:
-                    out["grid_size"] = g
-                else:
-                    problems.append(f"{where}: grid size must be within 2..64")
-        elif name in ("safire_threshold", "safire_authentic_threshold"):
-            try:
-                t = float(val)
-            except ValueError:
-                problems.append(f"{where}: expected a number in (0, 1)")
-            else:
-                if 0 < t < 1:
-                    out["threshold" if name == "safire_threshold" else "authentic_threshold"] = t
-                else:
-                    problems.append(f"{where}: threshold must be strictly between 0 and 1")
-        elif name == "safire_min_area":
-            try:
-                a = float(val)
-            except ValueError:
-                problems.append(f"{where}: expected a fraction in [0, 0.5]")
-            else:
-                if 0 <= a <= 0.5:
-                    out["min_area"] = a
-                else:
-                    problems.append(f"{where}: min area must be a fraction within [0, 0.5]")
-        else:
-            problems.append(
-                f"BrushLabels has unknown attribute {key!r}; accepted: " + ", ".join(TUNING_ATTRIBUTES)
-            )
-    return out
 
 
 def parse_label_config(xml: str) -> LabelConfigSpec:

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend.label_config import (
-    ChoicesSpec,
-    LabelConfigError,
-    infer_mode,
-    is_authentic_label,
-    is_forged_label,
-    parse_label_config,
-)
+from ml_backend.label_config import ChoicesSpec, LabelConfigError, parse_label_config
+from ml_backend.label_words import infer_mode, is_authentic_label, is_forged_label
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = ROOT / "label_config" / "multi_source.xml"
