@@ -241,6 +241,7 @@ class JobManager:
                     "min_tasks": int(_setting(s, "train_min_tasks", "SAFIRE_TRAIN_MIN_TASKS", 10)),
                     "min_gain": float(_setting(s, "train_min_gain", "SAFIRE_TRAIN_MIN_GAIN", 0.0)),
                     "replay": float(_setting(s, "train_replay", "SAFIRE_TRAIN_REPLAY", 0.5)),
+                    "fit_tasks": int(_setting(s, "train_fit_tasks", "SAFIRE_TRAIN_FIT_TASKS", 10)),
                 },
             }
             if kind == "preannotate":

@@ -233,7 +233,8 @@ class ModelRegistry:
                     man = _read_manifest(d)
                     out.append({"version": d.name, "parent": man.get("parent_version"),
                                 "created": man.get("created"), "metrics": man.get("metrics"),
-                                "status": man.get("status", "published"), "decision": man.get("decision")})
+                                "status": man.get("status", "published"), "decision": man.get("decision"),
+                                "fit": man.get("fit")})
         current = read_current(self.model_dir, project)
         for v in out:  # what it is now: serving, an earlier served version, or a never-served candidate
             v["status"] = "current" if v["version"] == current else \

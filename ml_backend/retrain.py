@@ -6,9 +6,11 @@ Stages (each reported in the job record's ``progress``):
    their images, into a dataset folder (``docs/dataset-format.md``) with a seeded train/val split;
    images are downloaded through the server's one download path (``ml_backend/fetch.py``, with the
    download settings the server recorded in the job: allowed hosts and networks, limits);
-2. evaluate the parent model on the validation split;
+2. evaluate the parent model on the validation split, and on up to ``SAFIRE_TRAIN_FIT_TASKS`` of
+   the training tasks;
 3. fine-tune the parent (the project's current version, or the base model) on the training split;
-4. evaluate the new model on the same validation split;
+4. evaluate the new model on the same validation split and training tasks (``fit`` in the record:
+   did it learn the annotations it saw? :func:`training_fit`);
 5. decide (:func:`decide`) and publish ``MODEL_DIR/<project>/<version>/`` atomically with a
    manifest (metrics before/after, the decision, data counts, parent version, training config,
    timings). Only a child whose validation pmIoU (K given, :data:`PROMOTION_METRIC`)
@@ -17,8 +19,8 @@ Stages (each reported in the job record's ``progress``):
    and the serving version stays. With fewer than ``SAFIRE_TRAIN_MIN_TASKS`` usable annotated tasks
    the job trains nothing and says so (``outcome: not_enough_data``).
 
-The job record ends with ``outcome``, ``decision`` (metric, before, after, gain, reason) and
-``metrics`` (before/after summaries). A published version serves the project's next predictions
+The job record ends with ``outcome``, ``decision`` (metric, before, after, gain, reason),
+``metrics`` (before/after summaries on validation) and ``fit`` (the same on training tasks). A published version serves the project's next predictions
 and clicks; predictions already stored in Label Studio are not redone (run Retrieve Predictions
 again for that).
 
@@ -129,6 +131,37 @@ def decide(before: Dict[str, float], after: Dict[str, float], min_gain: float = 
                     metric, round(b, 4), round(a, 4), round(gain, 4), n)
 
 
+#: Training tasks (the project's own, not replayed composites) on which parent and child are also
+#: evaluated after fine-tuning (``SAFIRE_TRAIN_FIT_TASKS``; 0: not measured).
+FIT_TASKS = 10
+#: Below this gain on its own training tasks, a child is reported as not having learned them.
+FIT_MIN_GAIN = 0.05
+
+
+def training_fit(before: Dict[str, float], after: Dict[str, float], metric: str = PROMOTION_METRIC,
+                 min_gain: float = FIT_MIN_GAIN) -> Dict[str, Any]:
+    """How well the child learned the tasks it was trained on, next to its parent.
+
+    ``before`` / ``after``: evaluation summaries of parent and child on the same training tasks.
+    Returns ``{"metric", "before", "after", "gain", "tasks", "learned", "note"}`` (empty when not
+    measured). ``learned`` is False when the child gained less than ``min_gain`` on the very tasks
+    it saw: the validation gain cannot then come from the annotations, and more annotations will
+    not help as much as more training (steps, larger crops, a GPU).
+    """
+    if metric not in before or metric not in after:
+        return {}
+    b, a = float(before[metric]), float(after[metric])
+    gain = a - b
+    learned = gain >= min_gain
+    note = (f"on {int(after.get('count', 0))} of its own training tasks {metric} {b:.3f} -> {a:.3f} ({gain:+.3f}): "
+            + ("it learned them" if learned else
+               "it did not learn them (gain below {:g}): more training (SAFIRE_TRAIN_STEPS, a GPU) "
+               "would help more than more annotations".format(min_gain)))
+    return {"metric": metric, "before": round(b, 4), "after": round(a, 4), "gain": round(gain, 4),
+            "tasks": int(after.get("count", 0)), "learned": learned, "note": note,
+            "summary": {"before": before, "after": after}}
+
+
 def with_replay(train_set: Any, share: float, seed: int = 0) -> "tuple[Any, int]":
     """The project's training samples plus generated composites of the default's training recipe.
 
@@ -221,6 +254,11 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
     if val_set is not None and len(val_set):
         job.progress(stage="evaluate_before")
         before = _summary(evaluate_partition(parent.eval(), val_set).summary)
+    fit_n = min(len(train_set), max(0, int(train_cfg.get("fit_tasks", FIT_TASKS))))
+    fit_before: Dict[str, float] = {}
+    if fit_n:
+        job.progress(stage="fit_before")
+        fit_before = _summary(evaluate_partition(parent.eval(), train_set, limit=fit_n).summary)
 
     # 3. fine-tune
     version = f"{project}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -240,10 +278,19 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
 
     # 4. evaluate the new model
     after: Dict[str, float] = {}
-    if val_set is not None and len(val_set):
-        job.progress(stage="evaluate_after")
+    fit_after: Dict[str, float] = {}
+    has_val = val_set is not None and len(val_set) > 0
+    if has_val or fit_n:
         new = build_safire(checkpoint=result.last_checkpoint, device="cpu")
-        after = _summary(evaluate_partition(new, val_set).summary)
+        if has_val:
+            job.progress(stage="evaluate_after")
+            after = _summary(evaluate_partition(new, val_set).summary)
+        if fit_n:
+            job.progress(stage="fit_after")
+            fit_after = _summary(evaluate_partition(new, train_set, limit=fit_n).summary)
+    fit = training_fit(fit_before, fit_after)
+    if fit:
+        print(fit["note"], flush=True)
 
     # 5. decide, publish (current only if better)
     decision = decide(before, after, float(train_cfg.get("min_gain", 0.0)))
@@ -260,6 +307,7 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
         "reason": rec.get("reason"),
         "data": counts,
         "metrics": {"before": before, "after": after},
+        "fit": fit,
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1),
                   "images_per_second": round(result.images_per_second, 3), **train_cfg},
         "seconds_total": round(time.time() - t0, 1),
@@ -268,7 +316,7 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
                     make_current=decision.outcome == "published")
     shutil.rmtree(work / "train", ignore_errors=True)
     return {"version": version, "outcome": decision.outcome, "decision": asdict(decision),
-            "metrics": {"before": before, "after": after}, "data": counts,
+            "metrics": {"before": before, "after": after}, "fit": fit, "data": counts,
             "train_seconds": round(result.seconds, 1)}
 
 

@@ -26,7 +26,7 @@ from .label_config import LabelConfigError, LabelConfigSpec, parse_label_config
 _PROJECT_ID = re.compile(r"^\s*([1-9][0-9]{0,17})(?:\.[0-9]{1,20})?\s*$")
 PARTITION_MAP_BYTES = 256 * 2**20  # per-source maps of one partition (about 20 bytes per source and pixel)
 _JOB_FIELDS = ("id", "kind", "project", "reason", "state", "created", "started", "finished", "progress", "error",
-               "version", "parent_version", "already_running", "outcome", "decision", "metrics", "data")
+               "version", "parent_version", "already_running", "outcome", "decision", "metrics", "fit", "data")
 
 
 

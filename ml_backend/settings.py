@@ -180,6 +180,9 @@ SETTINGS: Tuple[Spec, ...] = (
          "A fine-tuned version is served only if its validation pmIoU (K given) beats its "
          "parent's by more than this; otherwise it is kept as a candidate (`GET /versions`).",
          group="Training"),
+    Spec("train_fit_tasks", "SAFIRE_TRAIN_FIT_TASKS", "10", _int_range(0, 1000),
+         "Training tasks on which a fine-tuning job also evaluates parent and child (the job record's "
+         "`fit`: did the child learn the annotations it saw?); 0: not measured.", group="Training"),
     Spec("max_jobs", "SAFIRE_MAX_JOBS", "1", _int_range(1, 64),
          "Retraining jobs running at once over all projects (one per project at most); a Start Training "
          "above it gets HTTP 429.", group="Training"),
@@ -262,6 +265,7 @@ class Settings:
     train_replay: float = 0.5
     train_min_tasks: int = 10
     train_min_gain: float = 0.0
+    train_fit_tasks: int = 10
     max_jobs: int = 1
     host: str = "127.0.0.1"
     port: int = 9090

@@ -93,6 +93,11 @@ def test_retraining_job_publishes_a_version_and_serving_switches(tmp_path, base_
     assert done["data"]["replay"] == 8  # 4 training tasks at share 0.5 -> 4, raised to the minimum of 8
     assert done["metrics"]["before"]["miou_k"] == done["decision"]["before"]
     assert done["metrics"]["after"]["miou_k"] == done["decision"]["after"]
+    # and how well the child learned the tasks it trained on (all 4 here: fewer than the 10 asked)
+    fit = done["fit"]
+    assert fit["tasks"] == 4 and fit["metric"] == "miou_k" and isinstance(fit["learned"], bool)
+    assert fit["gain"] == pytest.approx(fit["after"] - fit["before"], abs=2e-4) and "training tasks" in fit["note"]
+    assert man["fit"]["after"] == fit["after"]
     assert registry.versions("1")["versions"][0]["status"] == "current"
     # Other projects still use the base model.
     assert registry.get("2").version == "micro-base"
@@ -127,6 +132,17 @@ def test_too_few_annotations_train_nothing_and_say_so(tmp_path, base_checkpoint,
     assert done["state"] == "succeeded" and done["outcome"] == "not_enough_data"
     assert "only 6 usable annotated task(s)" in done["decision"]["reason"] and done["version"] is None
     assert registry.versions("1")["versions"] == [] and registry.get("1").version == "micro-base"
+
+
+def test_training_fit_says_whether_the_child_learned_its_own_tasks():
+    from ml_backend.retrain import training_fit
+
+    fit = training_fit({"miou_k": 0.43, "count": 10}, {"miou_k": 0.46, "count": 10})
+    assert fit["tasks"] == 10 and fit["gain"] == pytest.approx(0.03) and fit["learned"] is False
+    assert "did not learn them" in fit["note"] and "0.430 -> 0.460" in fit["note"]
+    fit = training_fit({"miou_k": 0.43, "count": 10}, {"miou_k": 0.61, "count": 10})
+    assert fit["learned"] is True and "it learned them" in fit["note"]
+    assert training_fit({}, {}) == {}  # not measured (SAFIRE_TRAIN_FIT_TASKS=0)
 
 
 @pytest.mark.parametrize("before,after,min_gain,outcome", [
