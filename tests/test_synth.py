@@ -416,8 +416,10 @@ def test_global_chains(train_pool):
 
 
 def test_social_chain_downscales_large_images_and_masks(train_pool, monkeypatch):
-    monkeypatch.setattr(synth, "SOCIAL_MAX_SIDE", 100)
-    monkeypatch.setattr(synth, "_CHAIN_P", {d: (1.0, 0.0) for d in synth.DIFFICULTIES})
+    import training.synth_post as synth_post  # the chain reads its constants there
+
+    monkeypatch.setattr(synth_post, "SOCIAL_MAX_SIDE", 100)
+    monkeypatch.setattr(synth_post, "_CHAIN_P", {d: (1.0, 0.0) for d in synth.DIFFICULTIES})
     for i in range(4):
         s = generate_sample(i, 2, 3, train_pool, (120, 160))
         assert s.meta["global_chain"] == "social"

@@ -34,7 +34,7 @@ def plan_recolour(rng: np.random.Generator, mono: bool) -> Tuple[Dict[str, Any],
     Returns ``(edit, trace_ops)``. Colour host: ``edit`` = hue rotation (degrees, |angle| in
     30..180), saturation gain (0.6..1.6), lightness shift (grey levels, -6..6). Greyscale host: a
     tone curve (``gamma`` 0.7..1.4, ``gain`` 0.85..1.15). ``trace_ops`` holds one ``recolour``
-    op: :func:`training.synth._trace` weakens the demosaicing trace for it.
+    op: :func:`training.synth_camera._trace` weakens the demosaicing trace for it.
     """
     if mono:
         edit = {"op": "recolour", "mono": True, "gamma": round(float(rng.uniform(0.7, 1.4)), 3),
