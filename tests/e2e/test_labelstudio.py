@@ -503,6 +503,12 @@ def test_annotations_train_and_new_version(stack, projects, annotated_multi):
     assert job["outcome"] in ("published", "candidate") and job["decision"]["val_images"] == len(val_tasks) >= 1, job
     assert set(val_tasks) <= set(proj.tasks) and len(val_tasks) == data["splits"]["val"], (val_tasks, data)
     assert job["metrics"]["before"]["count"] == job["metrics"]["after"]["count"] == len(val_tasks)
+    # and how well the child learned its own training tasks (none of them validation tasks)
+    fit = job.get("fit")
+    assert fit is not None, job
+    if fit:  # empty only when those tasks define no pmIoU (all authentic)
+        assert fit["tasks"] == min(10, data["splits"]["train"]) and isinstance(fit["learned"], bool), fit
+        record("scores", "retraining fit", fit["note"])
     if job["outcome"] == "candidate":
         # a 6-step child can come out worse on its 1-2 validation tasks (e.g. it splits the authentic
         # one; SAFIRE_TRAIN_MIN_GAIN=-1 still needs gain > -1): kept as a candidate, the reason in the
