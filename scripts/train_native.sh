@@ -73,13 +73,7 @@ stage_d() {
     --num-pairs 4 --lr "${LR:-5e-5}" --warmup-steps 20 --steps 1000000 --time-schedule \
     --max-seconds "${MAX_SECONDS:-6600}" --r2r-weight 0.1 --pool-prob 0.25 --trainable all --workers 1 \
     --threads "$T" --save-every 100 --log-every 25 --model-version "${VERSION:-safire-native-cpu-d}" --resume
-  $PY - "$out/last.pt" "$out/model.pt" <<'PYEOF'
-import sys, torch
-ck = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
-ck.pop("train_state", None)
-torch.save(ck, sys.argv[2])
-print("weights:", sys.argv[2])
-PYEOF
+  $PY scripts/weights_only.py "$out/last.pt" "$out/model.pt"
 }
 
 case "$STAGE" in

@@ -44,10 +44,4 @@ $PY -m training.train --data "synth:train?n=1000000&seed=${SEED:-7}&sources=1-4&
   --r2r-weight 0.1 --pool-prob 0.25 --trainable all --workers "$WORKERS" \
   --save-every 500 --log-every 50 --model-version ${VERSION:-safire-native-gpu} --resume
 # weights only (no optimizer state): what calibrate and ship read
-$PY - "$W/runs/gpu/last.pt" "$W/runs/gpu/model.pt" <<'EOF'
-import sys, torch
-ck = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
-ck.pop("train_state", None)
-torch.save(ck, sys.argv[2])
-print("weights:", sys.argv[2])
-EOF
+$PY scripts/weights_only.py "$W/runs/gpu/last.pt" "$W/runs/gpu/model.pt"
