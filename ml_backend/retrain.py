@@ -20,8 +20,8 @@ Stages (each reported in the job record's ``progress``):
    the job trains nothing and says so (``outcome: not_enough_data``).
 
 The job record ends with ``outcome``, ``decision`` (metric, before, after, gain, reason),
-``metrics`` (before/after summaries on validation) and ``fit`` (the same on training tasks). A published version serves the project's next predictions
-and clicks; predictions already stored in Label Studio are not redone (run Retrieve Predictions
+``metrics`` (before/after summaries on validation) and ``fit`` (the same on training tasks). A
+published version serves the project's next predictions and clicks; predictions already stored in Label Studio are not redone (run Retrieve Predictions
 again for that).
 
 Any failure marks the job failed with its error; nothing is published, the serving model stays.
@@ -198,6 +198,9 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
     from .models import publish_version
     from .settings import DOWNLOAD_FIELDS, download_settings
 
+    def evaluate(model: Any, data: Any, limit: Optional[int] = None) -> Dict[str, float]:
+        return _summary(evaluate_partition(model, data, limit=limit).summary)
+
     rec = job.rec
     project = project_id(rec["project"])
     train_cfg = rec.get("train", {})
@@ -253,12 +256,12 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
     before: Dict[str, float] = {}
     if val_set is not None and len(val_set):
         job.progress(stage="evaluate_before")
-        before = _summary(evaluate_partition(parent.eval(), val_set).summary)
+        before = evaluate(parent.eval(), val_set)
     fit_n = min(len(train_set), max(0, int(train_cfg.get("fit_tasks", FIT_TASKS))))
     fit_before: Dict[str, float] = {}
     if fit_n:
         job.progress(stage="fit_before")
-        fit_before = _summary(evaluate_partition(parent.eval(), train_set, limit=fit_n).summary)
+        fit_before = evaluate(parent.eval(), train_set, fit_n)
 
     # 3. fine-tune
     version = f"{project}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -284,10 +287,10 @@ def run_job(job: JobRecord) -> Dict[str, Any]:
         new = build_safire(checkpoint=result.last_checkpoint, device="cpu")
         if has_val:
             job.progress(stage="evaluate_after")
-            after = _summary(evaluate_partition(new, val_set).summary)
+            after = evaluate(new, val_set)
         if fit_n:
             job.progress(stage="fit_after")
-            fit_after = _summary(evaluate_partition(new, train_set, limit=fit_n).summary)
+            fit_after = evaluate(new, train_set, fit_n)
     fit = training_fit(fit_before, fit_after)
     if fit:
         print(fit["note"], flush=True)
