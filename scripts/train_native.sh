@@ -19,6 +19,8 @@
 #         The GPU stage used lr 8e-4 with batches of 64; by the linear scaling rule batches of 8 want
 #         about 1e-4 at most, and a converged model less: a first try at 2e-4 made every validation
 #         number worse after 800 steps (val-mix 32: pmIoU K 0.492 -> 0.455, image AUC 0.860 -> 0.807).
+#         ACCUM=8 accumulates 8 batches per optimizer step (effective batch 64, the GPU stage's; steps,
+#         VAL_EVERY and the schedule then count optimizer steps).
 #
 # Every run checkpoints to WORK_DIR/runs/<stage>/last.pt every 250 steps and resumes from it, so a
 # killed run loses at most 250 steps. Seeds are fixed. SAFIRE_THREADS (default 2) sets torch
@@ -68,9 +70,9 @@ stage_d() {
   local init=${INIT:-safire/weights/safire-native-default.pt}
   local out="$W/runs/${RUN:-d}"
   $PY -m training.train --data "synth:train?n=1000000&seed=${SEED:-11}&sources=1-4&authentic=0.2&size=384-800" \
-    --val "$W/val-mix" --val-every 800 --val-limit 32 --out-dir "$out" --variant native \
-    --init-checkpoint "$init" --device cpu "$AMP" --batch-size 8 --crop-size 384 --repeat "${REPEAT:-4}" \
-    --num-pairs 4 --lr "${LR:-5e-5}" --warmup-steps 20 --steps 1000000 --time-schedule \
+    --val "$W/val-mix" --val-every "${VAL_EVERY:-800}" --val-limit 32 --out-dir "$out" --variant native \
+    --init-checkpoint "$init" --device cpu "$AMP" --batch-size 8 --accum-steps "${ACCUM:-1}" \
+    --crop-size 384 --repeat "${REPEAT:-4}" --num-pairs 4 --lr "${LR:-5e-5}" --warmup-steps 20 --steps 1000000 --time-schedule \
     --max-seconds "${MAX_SECONDS:-6600}" --r2r-weight 0.1 --pool-prob 0.25 --trainable all --workers 1 \
     --threads "$T" --save-every 100 --log-every 25 --model-version "${VERSION:-safire-native-cpu-d}" --resume
   $PY scripts/weights_only.py "$out/last.pt" "$out/model.pt"

@@ -89,6 +89,9 @@ class TrainConfig:
     # Serve each training item this many times, as different crops and prompts (training.repeat):
     # with generated data (synth:...) the same CPU work then feeds `repeat` times as many samples.
     repeat: int = 1
+    # Gradient accumulation: one optimizer step every ``accum_steps`` batches (the effective batch is
+    # batch_size x accum_steps). ``steps``, logging, validation and saving count optimizer steps.
+    accum_steps: int = 1
 
 
 @dataclass
@@ -325,22 +328,26 @@ def fine_tune(
     window_loss: List[Dict[str, float]] = []
     last_val: Dict[str, float] = {}
     data_wait = 0.0  # seconds spent waiting for batches (the data pipeline's share of the time)
+    accum = max(1, int(cfg.accum_steps))
+    micro = 0  # batches accumulated since the last optimizer step
     while step < cfg.steps:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         t_wait = time.perf_counter()
         for batch in loader:
             data_wait += time.perf_counter() - t_wait
-            if step >= cfg.steps:
-                break
-            if cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds:
-                log(f"time budget of {cfg.max_seconds:.0f} s reached at step {step}")
-                if is_main:
-                    save(out / "last.pt", last_val)
-                break
-            lr = lr_at(step, cfg, time.perf_counter() - t_start)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            if micro == 0:  # at an optimizer-step boundary
+                if step >= cfg.steps:
+                    break
+                if cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds:
+                    log(f"time budget of {cfg.max_seconds:.0f} s reached at step {step}")
+                    if is_main:
+                        save(out / "last.pt", last_val)
+                    break
+                lr = lr_at(step, cfg, time.perf_counter() - t_start)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                opt.zero_grad(set_to_none=True)
             images = batch["image"].to(device, non_blocking=True).float()
             points = batch["points"].to(device)
             targets = batch["targets"].to(device).long()
@@ -356,17 +363,21 @@ def fine_tune(
                 l_r2r = r2r_contrastive_loss(emb.float(), batch["sources"].to(device), tau=cfg.r2r_tau, generator=gen)
                 loss = loss + cfg.r2r_weight * l_r2r
                 parts["r2r"] = l_r2r.detach()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss / accum).backward()
+            micro += 1
+            epoch_step += 1
+            seen += images.shape[0] * world
+            window_loss.append({k: float(v) for k, v in parts.items()})
+            if micro < accum:
+                t_wait = time.perf_counter()
+                continue
+            micro = 0
             if cfg.grad_clip > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
             step += 1
-            epoch_step += 1
-            seen += images.shape[0] * world
-            window_loss.append({k: float(v) for k, v in parts.items()})
             if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
                 elapsed = time.perf_counter() - t_start
                 avg = {k: float(np.mean([w[k] for w in window_loss])) for k in window_loss[0]}
