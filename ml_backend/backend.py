@@ -1,6 +1,6 @@
 """The backend's state, one per server process: settings, model registry, image fetcher, job
 manager, caches (label configs, image hashes, task URLs), counters, and the model work behind every
-route (pre-annotation, clicks, prewarming, the explain view). :mod:`ml_backend.app` maps HTTP
+route (pre-annotation, clicks, the explain view; prewarming in :mod:`ml_backend.prewarm`). :mod:`ml_backend.app` maps HTTP
 requests onto it; tests may drive it directly.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -17,10 +16,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from werkzeug.exceptions import BadRequest, NotFound
 
-from safire.io import ImageLoadError, load_image
+from safire.io import load_image
 
 from .fetch import FetchError, ImageFetcher, display_url, log_text
 from .label_config import LabelConfigSpec
+from .prewarm import Prewarmer
 from .predictions import (
     attach_provenance,
     click_to_prediction,
@@ -45,7 +45,6 @@ log = logging.getLogger("safire.backend")
 
 _MAX_CONFIGS = 1000
 _MAX_CONFIG_BYTES_TOTAL = 16 * 2**20  # remembered label configs, all projects together
-_PREWARM_QUEUE = 1000
 _IMAGE_INFO = 20000  # remembered image hashes (model version + image key -> SHA-256, size, timings)
 _TASK_URLS = 20000  # remembered (project, task) -> image URL of pre-annotated tasks, for /explain
 EXPLAIN_PANEL_PIXELS = 24_000_000  # a side-by-side panel above this is scaled down (single views never are)
@@ -76,10 +75,7 @@ class Backend:
         self._submitting_lock = threading.Lock()
         self._updates: Counter = Counter()
         self._updates_lock = threading.Lock()
-        self._prewarm_q: "queue.Queue[Tuple[Optional[str], str, Any, str]]" = queue.Queue(_PREWARM_QUEUE)
-        self._prewarm_pending: set = set()
-        self._prewarm_lock = threading.Lock()
-        self._prewarm_thread: Optional[threading.Thread] = None
+        self.prewarmer = Prewarmer(self)
         self._image_info: "OrderedDict[Tuple[str, str], Dict[str, Any]]" = OrderedDict()
         self._task_urls: "OrderedDict[Tuple[str, str], str]" = OrderedDict()
         self._info_lock = threading.Lock()
@@ -447,66 +443,12 @@ class Backend:
 
     # -- prewarm ------------------------------------------------------------------------------------
     def prewarm(self, project: Optional[str], items: List[Tuple[str, Any]]) -> Dict[str, Any]:
-        loaded = self.model(project)
-        queued = cached = skipped = 0
-        for url, task_id in items:
-            key = self.image_key(url)
-            pkey = f"{project}|{key}"
-            if self.cached_embedding(loaded.predictor, key) is not None:
-                cached += 1
-                continue
-            with self._prewarm_lock:
-                if pkey in self._prewarm_pending:
-                    cached += 1
-                    continue
-                try:
-                    self._prewarm_q.put_nowait((project, url, task_id, pkey))
-                except queue.Full:
-                    skipped += 1
-                    continue
-                self._prewarm_pending.add(pkey)
-                queued += 1
-        if queued:
-            self._ensure_prewarm_worker()
-        self.metrics.count("prewarm_queued", queued)
-        return {"queued": queued, "already_cached": cached, "skipped_queue_full": skipped,
-                "pending": self._prewarm_q.qsize()}
-
-    def _ensure_prewarm_worker(self) -> None:
-        with self._prewarm_lock:
-            if self._prewarm_thread is None or not self._prewarm_thread.is_alive():
-                self._prewarm_thread = threading.Thread(target=self._prewarm_loop, name="safire-prewarm",
-                                                        daemon=True)
-                self._prewarm_thread.start()
-
-    def _prewarm_loop(self) -> None:
-        while True:
-            project, url, task_id, pkey = self._prewarm_q.get()
-            try:
-                loaded = self.model(project)
-                self.embedding(loaded, url, task_id, high=False)
-                self.metrics.count("prewarm_done")
-            except (FetchError, ImageLoadError) as e:
-                self.metrics.count("prewarm_failed")
-                log.warning("prewarm of %s (task %s) failed: %s", display_url(url), log_text(task_id),
-                            log_text(str(e), 500))
-            except Exception:
-                self.metrics.count("prewarm_failed")
-                log.exception("prewarm of %s (task %s) failed", display_url(url), log_text(task_id))
-            finally:
-                with self._prewarm_lock:
-                    self._prewarm_pending.discard(pkey)
-                self._prewarm_q.task_done()
+        """Queue embeddings of ``(url, task_id)`` items for the background worker (:mod:`ml_backend.prewarm`)."""
+        return self.prewarmer.submit(project, items)
 
     def wait_prewarm(self, timeout: float = 30.0) -> bool:
         """Block until the prewarm queue is empty (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._prewarm_lock:
-                if not self._prewarm_pending:
-                    return True
-            time.sleep(0.01)
-        return False
+        return self.prewarmer.wait(timeout)
 
     # -- webhook counters -------------------------------------------------------------------------
     def count_update(self, project: str) -> int:

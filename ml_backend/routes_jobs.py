@@ -150,7 +150,7 @@ def register_job_routes(app: Flask, backend: Backend, settings: Settings, regist
                           "projects": {p: m.version for p, m in list(loaded.items())}}
         snap["compute"] = backend.gate.stats()
         snap["label_configs"] = backend.configs_stats()
-        snap["prewarm_pending"] = backend._prewarm_q.qsize()
+        snap["prewarm_pending"] = backend.prewarmer.pending()
         snap["annotation_updates"] = backend.updates()
         manager = backend.jobs()
         if manager is not None:

@@ -11,7 +11,7 @@
 #   c     continue from the widened stage-b weights (INIT=...; e.g. INIT=safire/weights/safire-native-default.pt
 #         to continue the shipped model) on synth-a + synth-b (resumable); then ship with
 #         safire calibrate --checkpoint WORK_DIR/runs/c/last.pt --data WORK_DIR/val-mix --out X.pt --half
-#   d     continue the shipped model (or INIT=...) on the CPU with the GPU recipe's data: composites of
+#   d     (needs only the validation set, not synth-a/b) continue the shipped model (or INIT=...) on the CPU with the GPU recipe's data: composites of
 #         generator v2 made on the fly by one worker, each used for REPEAT=4 random 384-px native crops,
 #         batches of 8; lr 5e-5 cosine over MAX_SECONDS (default 6600) of wall time (resumable: run it
 #         again; RUN=name writes WORK_DIR/runs/name); then
@@ -37,13 +37,17 @@ STEPS_B=${STEPS_B:-6000}
 COMMON=(--variant native --batch-size 8 --num-pairs 3 --r2r-weight 0.1 --pool-prob 0.25 --trainable all
         --val-every 1000 --val-limit 32 --save-every 250 --log-every 50 --workers 1 --threads "$T" --device cpu "$AMP")
 
+val_data() {
+  [ -f "$W/val-mix/manifest.json" ] || $PY -m training.synth --out "$W/val-mix" --n 64 --sources 1-4 \
+    --authentic-fraction 0.25 --seed 201 --split val --size-min 320 --size-max 768 --quiet
+}
+
 data() {
   [ -f "$W/synth-a/manifest.json" ] || $PY -m training.synth --out "$W/synth-a" --n 3000 --sources 1-4 \
     --authentic-fraction 0.2 --seed 101 --split train --size-min 320 --size-max 640 --workers 2 --quiet
   [ -f "$W/synth-b/manifest.json" ] || $PY -m training.synth --out "$W/synth-b" --n 3000 --sources 1-4 \
     --authentic-fraction 0.2 --seed 301 --split train --size-min 320 --size-max 720 --workers 2 --quiet
-  [ -f "$W/val-mix/manifest.json" ] || $PY -m training.synth --out "$W/val-mix" --n 64 --sources 1-4 \
-    --authentic-fraction 0.25 --seed 201 --split val --size-min 320 --size-max 768 --quiet
+  val_data
 }
 
 stage_a() {
@@ -83,7 +87,7 @@ case "$STAGE" in
   a) data; stage_a ;;
   b) data; stage_b ;;
   c) data; stage_c ;;
-  d) data; stage_d ;;
+  d) val_data; stage_d ;;
   all) data; stage_a; stage_b ;;
   *) echo "unknown stage $STAGE (data | a | b | c | d | all)" >&2; exit 2 ;;
 esac
