@@ -8,7 +8,10 @@ Each ``--stage NAME:LOG:BATCH`` is a ``safire train`` log (lines ``step N/M ... 
 ``val @ N: miou_k=..``); BATCH is the samples per logged step (batch size x accumulation steps).
 Stages are laid end to end in the given order. Each ``--branch`` starts where the last stage ended
 (a continuation of the shipped model that was not kept), dashed. ``--test NAME:JSON`` marks the
-held-out test pmIoU (K given) of a ``safire evaluate --json`` file at the end of stage/branch NAME. A resumed run's log repeats no step
+held-out test pmIoU (K given) of a ``safire evaluate --json`` file at the end of stage/branch NAME
+(NAME ``start``: at the first stage's start, e.g. the model a continued run started from).
+``--baseline LABEL:JSON`` draws the validation numbers of a ``safire evaluate --json`` file on the
+same validation images (e.g. the starting model's) as horizontal lines. A resumed run's log repeats no step
 (the resume line resets nothing), so a log may hold several processes of one stage.
 """
 
@@ -40,6 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--stage", action="append", required=True, help="NAME:LOG:BATCH")
     p.add_argument("--test", action="append", default=[], help="NAME:EVALUATE_JSON")
     p.add_argument("--branch", action="append", default=[], help="NAME:LOG:BATCH, from the last stage's end")
+    p.add_argument("--baseline", action="append", default=[], help="LABEL:EVALUATE_JSON, validation lines")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     import matplotlib
@@ -50,7 +54,14 @@ def main(argv=None) -> int:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     offset = 0
     specs = [(s, False) for s in args.stage] + [(s, True) for s in args.branch]
-    start, ends = 0, {}
+    start, ends = 0, {"start": (0, "k")}
+    for spec in args.baseline:
+        label, path = spec.split(":", 1)
+        summary = json.load(open(path))["summary"]
+        for key, colour in (("miou_k", "0.2"), ("ari_k", "0.45"), ("image_auc", "0.7")):
+            if key in summary:
+                ax2.axhline(summary[key], color=colour, linestyle=":", linewidth=1,
+                            label=f"{label}: val {key} {summary[key]:.3f}")
     for i, (spec, branch) in enumerate(specs):
         name, log, batch = spec.rsplit(":", 2)
         steps, vals = parse(log)
