@@ -1,5 +1,5 @@
-"""scripts/plot_training_curve.py: log parsing and the figure's series (stages end to end, branches
-from the last stage's end, test stars, baseline lines)."""
+"""scripts/plot_training_curve.py (log parsing and the figure's series: stages end to end, branches
+from the last stage's end, test stars, baseline lines) and scripts/grid_oracle_study.py."""
 
 import importlib.util
 import json
@@ -70,3 +70,30 @@ def test_figure_lays_stages_end_to_end(tmp_path, monkeypatch):
     # the baseline's validation numbers are horizontal lines
     assert list(lines["start model: val miou_k 0.432"].get_ydata()) == [0.432, 0.432]
     assert "start model: val image_auc 0.730" in lines
+
+
+def test_grid_oracle_study_bounds(tmp_path):
+    """scripts/grid_oracle_study.py on a toy forgery with the tiny native model: every variant is
+    measured and a pmIoU in [0, 1]; the winner of a cluster is its most confident member."""
+    import numpy as np
+    import torch
+
+    from conftest import toy_forgery
+    from safire.build import build_safire
+    from safire.predictor import SafirePredictor
+
+    spec = importlib.util.spec_from_file_location(
+        "grid_oracle_study", os.path.join(ROOT, "scripts", "grid_oracle_study.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    predictor = SafirePredictor(build_safire("native_micro"), cache_bytes=0)
+    item = toy_forgery(3, size=96, num_sources=3)
+    row = mod.study_image(predictor, item.image, item.labels, 3, {"seed": 0})
+    assert set(mod.VARIANTS) <= set(row)
+    for v in mod.VARIANTS:
+        assert 0.0 <= row[v] <= 1.0
+    assert row["k"] == 3
+    clusters = np.array([0, 0, 1, -1, 1])
+    assert mod.winners_of(clusters, np.array([0.1, 0.9, 0.5, 0.99, 0.2])).tolist() == [1, 2]
