@@ -36,22 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safire import metrics as M  # noqa: E402
 from safire.build import build_safire  # noqa: E402
-from safire.partition import calibrated_defaults, combine_winners, decode_grid, partition_from_grid  # noqa: E402
+from safire.partition import _winners as winners_of  # noqa: E402  (the partition's own winner rule)
+from safire.partition import combine_winners, decode_grid, partition_from_grid  # noqa: E402
 from safire.predictor import SafirePredictor  # noqa: E402
 from training.datasets import open_dataset  # noqa: E402
 
 IGNORE = 255
 VARIANTS = ("shipped", "kmeans_mean", "oracle_clusters", "oracle_clusters_mean", "oracle_best_mask")
-
-
-def winners_of(cluster_of: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The most confident prompt of each cluster 0..max (clusters without members are skipped)."""
-    out = []
-    for c in range(int(cluster_of.max()) + 1 if (cluster_of >= 0).any() else 0):
-        m = np.flatnonzero(cluster_of == c)
-        if len(m):
-            out.append(m[np.argmax(scores[m])])
-    return np.asarray(out, dtype=np.int64)
 
 
 def mean_labels(full: torch.Tensor, cluster_of: np.ndarray) -> np.ndarray:
@@ -63,14 +54,14 @@ def mean_labels(full: torch.Tensor, cluster_of: np.ndarray) -> np.ndarray:
     return torch.stack(means).argmax(0).to(torch.uint8).numpy()
 
 
-def study_image(predictor: SafirePredictor, image: np.ndarray, gt: np.ndarray, k: int, kw: dict) -> dict:
+def study_image(predictor: SafirePredictor, image: np.ndarray, gt: np.ndarray, k: int, seed: int = 0) -> dict:
     model = predictor.model
     H, W = gt.shape
     out_hw = (max(1, H // 4), max(1, W // 4))
     g = gt[::4, ::4][: out_hw[0], : out_hw[1]]
     emb, _ = predictor.embed(image)
     grid = decode_grid(model, emb.embedding, 16, context=emb.context, orig_hw=emb.orig_hw)
-    res = partition_from_grid(grid, emb.embedding[0], predictor.img_size, out_hw, k, **kw)
+    res = partition_from_grid(grid, emb.embedding[0], predictor.img_size, out_hw, k, seed=seed)
     scores = grid.scores.cpu().numpy().astype(np.float64)
     n = len(scores)
     full = grid.native.to_image(grid.native.refine(np.arange(n)), out_hw).float()  # N x h x w logits
@@ -120,7 +111,6 @@ def main() -> int:
     model = build_safire(checkpoint=args.checkpoint, use_default=args.checkpoint is None)
     if not model.native:
         raise SystemExit("this study needs a native-resolution model")
-    kw = {k: v for k, v in calibrated_defaults(model).items() if k != "image_score"}
     predictor = SafirePredictor(model, cache_bytes=0)
     rows, t0 = [], time.perf_counter()
     with torch.inference_mode():
@@ -130,8 +120,7 @@ def main() -> int:
                 item = ds[j]
                 if item.num_sources < 2:
                     continue
-                row = study_image(predictor, item.image, np.asarray(item.labels), item.num_sources,
-                                  {k: v for k, v in kw.items() if k in ("seed",)})
+                row = study_image(predictor, item.image, np.asarray(item.labels), item.num_sources)
                 row["name"] = item.name
                 rows.append(row)
     print(f"{len(rows)} forged images, {time.perf_counter() - t0:.0f} s, model "

@@ -90,7 +90,7 @@ def test_grid_oracle_study_bounds(tmp_path):
     torch.manual_seed(0)
     predictor = SafirePredictor(build_safire("native_micro"), cache_bytes=0)
     item = toy_forgery(3, size=96, num_sources=3)
-    row = mod.study_image(predictor, item.image, item.labels, 3, {"seed": 0})
+    row = mod.study_image(predictor, item.image, item.labels, 3, seed=0)
     assert set(mod.VARIANTS) <= set(row)
     for v in mod.VARIANTS:
         assert 0.0 <= row[v] <= 1.0
